@@ -1,0 +1,48 @@
+"""Every error shoal raises on purpose.
+
+    ShoalError
+    ├── InvalidSpec          bad input: names each field and the expected form
+    ├── NotFound             an unknown task, node or job id
+    ├── Conflict             the request does not fit the current state (cancel of a finished task)
+    ├── TooLarge             a value over etcd's request limit, refused before sending
+    ├── StoreUnavailable     etcd cannot be reached (says which address and what to try)
+    ├── ClusterError         a local cluster could not be started or stopped
+    └── TaskFailed           wait() on a task that ended failed, when asked to raise
+"""
+from __future__ import annotations
+
+
+class ShoalError(Exception):
+    """Root of every error shoal raises on purpose."""
+
+
+class InvalidSpec(ShoalError):
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("; ".join(problems))
+
+
+class NotFound(ShoalError):
+    pass
+
+
+class Conflict(ShoalError):
+    pass
+
+
+class TooLarge(ShoalError):
+    pass
+
+
+class StoreUnavailable(ShoalError):
+    pass
+
+
+class ClusterError(ShoalError):
+    pass
+
+
+class TaskFailed(ShoalError):
+    def __init__(self, task):
+        self.task = task
+        super().__init__(f"task {task.id} ended {task.state}: {task.reason_text()}")

@@ -1,0 +1,169 @@
+"""Run one attempt of a command task: its own process group, stdout/stderr to files,
+timeout as SIGTERM -> grace -> SIGKILL of the group, a memory limit where the OS
+allows, and CPU seconds and max RSS from wait4(). Exit is noticed through a pidfd
+on the event loop, so no thread waits per child."""
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..model import TaskSpec
+from .limits import MemoryLimit
+
+
+class SetupError(Exception):
+    """The attempt could not start for a reason in its spec or on this node."""
+
+
+@dataclass
+class AttemptResult:
+    exit_code: int | None
+    signal: int | None
+    started_at: float
+    finished_at: float
+    cpu_s: float
+    max_rss_bytes: int
+    stdout_tail: str = ""
+    stderr_tail: str = ""
+    reason: str | None = None   # set when it did not simply exit
+    timed_out: bool = False
+    killed: bool = False        # cancelled or fenced
+
+
+def tail(path: Path, nbytes: int) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - nbytes))
+            data = f.read()
+    except OSError:
+        return ""
+    text = data.decode("utf-8", "replace")
+    return text if size <= nbytes else "…" + text
+
+
+@dataclass
+class Attempt:
+    """A running attempt. `done` resolves to its AttemptResult."""
+    task_id: str
+    n: int
+    pid: int
+    started_at: float
+    out_path: Path
+    err_path: Path
+    tail_bytes: int
+    done: asyncio.Future
+    _pidfd: int = -1
+    _timers: list = field(default_factory=list)
+    _kill_reason: str | None = None
+    _timed_out: bool = False
+    _limit: MemoryLimit | None = None
+
+    def kill(self, reason: str, grace_s: float) -> None:
+        """SIGTERM the group now, SIGKILL it after grace_s if it is still there."""
+        if self.done.done() or self._kill_reason:
+            return
+        self._kill_reason = reason
+        _signal_group(self.pid, signal.SIGTERM)
+        loop = asyncio.get_running_loop()
+        self._timers.append(loop.call_later(grace_s, _signal_group, self.pid, signal.SIGKILL))
+
+    def _on_timeout(self, grace_s: float, timeout_s: float) -> None:
+        if not self.done.done():
+            self._timed_out = True
+            self.kill(f"timed out after {timeout_s:g}s", grace_s)
+
+    def _on_exit(self) -> None:
+        try:
+            pid, status, ru = os.wait4(self.pid, os.WNOHANG)
+        except ChildProcessError:
+            pid, status, ru = self.pid, 0, None
+        if pid == 0:
+            return  # spurious wake-up
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(self._pidfd)
+        os.close(self._pidfd)
+        for t in self._timers:
+            t.cancel()
+        # whatever the leader left behind in its group goes with it
+        _signal_group(self.pid, signal.SIGKILL)
+        if self._limit:
+            if self._limit.oom_killed() and not self._kill_reason:
+                self._kill_reason = "killed for exceeding its memory limit"
+            self._limit.release()
+        code = os.waitstatus_to_exitcode(status)
+        sig = -code if code < 0 else None
+        result = AttemptResult(
+            exit_code=None if sig else code, signal=sig, started_at=self.started_at,
+            finished_at=time.time(),
+            cpu_s=round(ru.ru_utime + ru.ru_stime, 6) if ru else 0.0,
+            max_rss_bytes=(ru.ru_maxrss * 1024) if ru else 0,
+            stdout_tail=tail(self.out_path, self.tail_bytes),
+            stderr_tail=tail(self.err_path, self.tail_bytes),
+            reason=self._kill_reason, timed_out=self._timed_out,
+            killed=self._kill_reason is not None and not self._timed_out)
+        if not self.done.done():
+            self.done.set_result(result)
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def log_paths(log_dir: Path, task_id: str, n: int) -> tuple[Path, Path]:
+    d = log_dir / task_id
+    return d / f"{n}.out", d / f"{n}.err"
+
+
+def start(spec: TaskSpec, task_id: str, n: int, log_dir: Path, node_id: str,
+          tail_bytes: int = 4096, grace_s: float = 5.0, base_env: dict | None = None) -> Attempt:
+    """Spawn the attempt; raise SetupError (with the reason in words) if it cannot start."""
+    if spec.cwd is not None and not os.path.isdir(spec.cwd):
+        raise SetupError(f"cwd: directory {spec.cwd!r} does not exist on node {node_id}")
+    stdin = subprocess.DEVNULL
+    if spec.stdin is not None:
+        try:
+            stdin = open(spec.stdin, "rb")
+        except OSError as e:
+            raise SetupError(f"stdin: cannot open {spec.stdin!r} on node {node_id}: {e.strerror}") from None
+    out_path, err_path = log_paths(log_dir, task_id, n)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    env = dict(base_env if base_env is not None else os.environ)
+    env.update(spec.env)
+    env["SHOAL_TASK_ID"] = task_id
+    env["SHOAL_ATTEMPT"] = str(n)
+    env["SHOAL_NODE"] = node_id
+    argv = spec.argv()
+    try:
+        with open(out_path, "wb") as out, open(err_path, "wb") as err:
+            proc = subprocess.Popen(argv, stdin=stdin, stdout=out, stderr=err, cwd=spec.cwd, env=env,
+                                    process_group=0, close_fds=True)
+    except FileNotFoundError:
+        raise SetupError(f"command not found on node {node_id}: {argv[0]!r}") from None
+    except PermissionError:
+        raise SetupError(f"command not executable on node {node_id}: {argv[0]!r}") from None
+    except OSError as e:
+        raise SetupError(f"could not start {argv[0]!r} on node {node_id}: {e}") from None
+    finally:
+        if stdin is not subprocess.DEVNULL:
+            stdin.close()
+    proc.returncode = 0  # waited on through the pidfd below; keep Popen's destructor quiet
+    started = time.time()
+    loop = asyncio.get_running_loop()
+    att = Attempt(task_id, n, proc.pid, started, out_path, err_path, tail_bytes, loop.create_future())
+    if spec.memory:
+        att._limit = MemoryLimit.apply(proc.pid, spec.memory, f"{task_id}-{n}")
+    att._pidfd = os.pidfd_open(proc.pid)
+    loop.add_reader(att._pidfd, att._on_exit)
+    if spec.timeout:
+        att._timers.append(loop.call_later(float(spec.timeout), att._on_timeout, grace_s, float(spec.timeout)))
+    return att

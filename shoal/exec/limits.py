@@ -1,0 +1,83 @@
+"""Memory limits: a cgroup (v2, or v1's memory controller) when this process may make
+one, else RLIMIT_AS on the process. Placement always counts the task's memory."""
+from __future__ import annotations
+
+import os
+import resource
+from pathlib import Path
+
+
+def _own_memory_cgroup() -> Path | None:
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "memory":
+            base = Path("/sys/fs/cgroup/memory") / path.lstrip("/")
+            if (base / "memory.limit_in_bytes").exists():
+                return base
+        if controllers == "" and Path("/sys/fs/cgroup/cgroup.controllers").exists():
+            base = Path("/sys/fs/cgroup") / path.lstrip("/")
+            if "memory" in (base / "cgroup.controllers").read_text():
+                return base
+    return None
+
+
+_BASE = _own_memory_cgroup()
+
+
+class MemoryLimit:
+    def __init__(self, path: Path | None):
+        self.path = path
+
+    @classmethod
+    def apply(cls, pid: int, limit_bytes: int, name: str) -> "MemoryLimit":
+        global _BASE
+        if _BASE is not None:
+            group = _BASE / f"shoal-{name}"
+            try:
+                group.mkdir(exist_ok=True)
+                v1 = (group / "memory.limit_in_bytes").exists()
+                (group / ("memory.limit_in_bytes" if v1 else "memory.max")).write_text(str(limit_bytes))
+                if v1:
+                    try:  # also cap swap, or the limit only moves pages out
+                        (group / "memory.memsw.limit_in_bytes").write_text(str(limit_bytes))
+                    except OSError:
+                        pass
+                (group / "cgroup.procs").write_text(str(pid))
+                return cls(group)
+            except OSError:
+                try:
+                    group.rmdir()
+                except OSError:
+                    pass
+                _BASE = None  # not allowed here; use rlimits from now on
+        try:
+            resource.prlimit(pid, resource.RLIMIT_AS, (limit_bytes, limit_bytes))
+        except (OSError, ValueError):
+            pass
+        return cls(None)
+
+    def oom_killed(self) -> bool:
+        if self.path is None:
+            return False
+        try:
+            for line in (self.path / "memory.events").read_text().splitlines():
+                if line.startswith("oom_kill ") and int(line.split()[1]) > 0:
+                    return True
+        except OSError:
+            pass
+        try:
+            return int((self.path / "memory.failcnt").read_text()) > 0 and \
+                "oom_kill 1" in (self.path / "memory.oom_control").read_text()
+        except (OSError, ValueError):
+            return False
+
+    def release(self) -> None:
+        if self.path is not None:
+            try:
+                self.path.rmdir()
+            except OSError:
+                pass

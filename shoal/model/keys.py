@@ -1,0 +1,64 @@
+"""The etcd key layout, in one place. Every key is under a configurable prefix."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+def queue_rank(priority: int) -> str:
+    """Higher priority sorts first: 999 -> '0000', -999 -> '1998'."""
+    return f"{999 - priority:04d}"
+
+
+@dataclass(frozen=True)
+class Keys:
+    prefix: str = "/shoal/"
+
+    def _k(self, *parts: str) -> bytes:
+        return (self.prefix + "/".join(parts)).encode()
+
+    def task(self, task_id: str) -> bytes:
+        return self._k("tasks", task_id)
+
+    @property
+    def tasks(self) -> bytes:
+        return self._k("tasks", "")
+
+    def queue(self, priority: int, task_id: str) -> bytes:
+        return self._k("queue", queue_rank(priority), task_id)
+
+    @property
+    def queues(self) -> bytes:
+        return self._k("queue", "")
+
+    def running(self, node: str, task_id: str) -> bytes:
+        return self._k("running", node, task_id)
+
+    def running_on(self, node: str) -> bytes:
+        return self._k("running", node, "")
+
+    @property
+    def all_running(self) -> bytes:
+        return self._k("running", "")
+
+    def cancel(self, node: str, task_id: str) -> bytes:
+        return self._k("cancel", node, task_id)
+
+    def cancels_for(self, node: str) -> bytes:
+        return self._k("cancel", node, "")
+
+    def node(self, node: str) -> bytes:
+        return self._k("nodes", node)
+
+    @property
+    def nodes(self) -> bytes:
+        return self._k("nodes", "")
+
+    def election(self, role: str) -> bytes:
+        return self._k("elections", role)
+
+    def id_of(self, key: bytes) -> str:
+        """The last path element of a key: the task id of queue/running/cancel keys."""
+        return key.decode().rsplit("/", 1)[1]
+
+    def node_of_running(self, key: bytes) -> str:
+        return key.decode()[len(self.prefix):].split("/")[1]

@@ -1,0 +1,218 @@
+"""The task: what a user submits (TaskSpec, validated at the door) and what etcd
+holds about it (TaskRecord: the spec plus state and attempts)."""
+from __future__ import annotations
+
+import enum
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, StrictFloat, StrictInt,
+                      ValidationError, field_validator)
+
+from ..errors import InvalidSpec
+from .sizes import parse_size
+
+DEFAULT_MAX_RETRIES = 10
+
+
+class TaskState(str, enum.Enum):
+    waiting = "waiting"      # reserved: unmet dependencies
+    held = "held"            # reserved: held by a user or a budget
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+
+
+FINAL_STATES = frozenset({TaskState.succeeded, TaskState.failed, TaskState.cancelled})
+
+
+def _size(v: Any) -> int:
+    return parse_size(v)
+
+
+Size = Annotated[int, BeforeValidator(_size)]
+Seconds = Union[StrictInt, StrictFloat]
+
+
+class TaskSpec(BaseModel):
+    """What to run and what it needs. Unknown fields are refused."""
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    command: Union[list[str], str] = Field(
+        description="argv list, or a shell string run by /bin/sh -c")
+    env: dict[str, str] = Field(default_factory=dict)
+    cwd: str | None = None
+    stdin: str | None = Field(None, description="path of a file on the node fed to stdin")
+    cpus: float = Field(1.0, ge=0, le=1024)
+    memory: Size = Field(0, description="bytes, or a size such as 512M, 2G; 0 = no limit")
+    disk: Size = 0
+    gpus: int = Field(0, ge=0, le=64)
+    labels: list[str] = Field(default_factory=list,
+                              description="labels the node must have: 'key' or 'key=value'")
+    priority: int = Field(0, ge=-999, le=999, description="higher runs first")
+    retries: int = Field(0, ge=0)
+    backoff: Seconds = Field(1.0, ge=0, description="seconds before retry n is (backoff * 2**(n-1))")
+    timeout: Seconds | None = Field(None, gt=0, description="seconds; the attempt is killed after")
+    name: str | None = Field(None, max_length=256)
+    team: str = Field("default", min_length=1, max_length=128)
+    job: str | None = Field(None, max_length=128)
+
+    @field_validator("command")
+    @classmethod
+    def _command_not_empty(cls, v):
+        if isinstance(v, str):
+            if not v.strip():
+                raise ValueError("is empty (give an argv list such as ['echo', 'hi'] or a shell string)")
+        else:
+            if not v or not v[0]:
+                raise ValueError("is empty (give an argv list such as ['echo', 'hi'] or a shell string)")
+        return v
+
+    @field_validator("labels")
+    @classmethod
+    def _labels_form(cls, v):
+        for label in v:
+            if not label or label.startswith("=") or any(c.isspace() for c in label):
+                raise ValueError(f"{label!r} is not a label (use 'key' or 'key=value')")
+        return v
+
+    def argv(self) -> list[str]:
+        return ["/bin/sh", "-c", self.command] if isinstance(self.command, str) else list(self.command)
+
+    def display(self) -> str:
+        return self.command if isinstance(self.command, str) else " ".join(self.command)
+
+    @classmethod
+    def parse(cls, data: dict, max_retries: int = DEFAULT_MAX_RETRIES) -> "TaskSpec":
+        """Validate `data`, collecting every problem into one InvalidSpec."""
+        problems: list[str] = []
+        spec = None
+        try:
+            spec = cls.model_validate(data)
+        except ValidationError as e:
+            problems.extend(describe_errors(e))
+        if spec is not None and spec.retries > max_retries:
+            problems.append(f"retries: {spec.retries} is above this cluster's cap of {max_retries}")
+        if isinstance(data, dict) and isinstance(data.get("retries"), int) and spec is None \
+                and data["retries"] > max_retries:
+            problems.append(f"retries: {data['retries']} is above this cluster's cap of {max_retries}")
+        if problems:
+            raise InvalidSpec(problems)
+        return spec
+
+
+_EXPECTED = {
+    "command": "an argv list of strings or a shell string",
+    "env": "a mapping of string names to string values",
+    "timeout": "a number of seconds above 0",
+    "backoff": "a number of seconds, 0 or more",
+    "cpus": "a number, 0 or more",
+    "gpus": "a whole number, 0 or more",
+    "priority": "a whole number from -999 to 999",
+    "retries": "a whole number, 0 or more",
+}
+
+
+def describe_errors(e: ValidationError, prefix: str = "") -> list[str]:
+    """One line per problem, naming the field and the form it expects."""
+    out = []
+    for err in e.errors():
+        loc = ".".join(str(p) for p in err["loc"] if not (isinstance(p, str) and p in (
+            "str", "list[str]", "function-before[_size(), int]", "int", "float",
+            "constrained-float", "constrained-int")))
+        field = loc.split(".")[0] if loc else ""
+        where = prefix + (loc or "task")
+        got = err.get("input")
+        if err["type"] == "extra_forbidden":
+            out.append(f"{where}: unknown field (known fields: {', '.join(TaskSpec.model_fields)})")
+            continue
+        if err["type"] == "missing":
+            out.append(f"{where}: required ({_EXPECTED.get(field, 'a value')})")
+            continue
+        msg = err["msg"].removeprefix("Value error, ")
+        if msg.startswith(repr(got)) or "(" in msg and err["type"] == "value_error":
+            out.append(f"{where}: {msg}")
+        else:
+            expected = _EXPECTED.get(field)
+            out.append(f"{where}: {got!r} is not valid: {msg}" + (f" (expected {expected})" if expected else ""))
+    # one line per field location is enough; a union reports each branch
+    seen, uniq = set(), []
+    for line in out:
+        key = line.split(":")[0]
+        if key not in seen:
+            seen.add(key)
+            uniq.append(line)
+    return uniq
+
+
+class Attempt(BaseModel):
+    """One run of a task on one node."""
+    model_config = ConfigDict(extra="ignore")
+
+    n: int
+    node: str
+    state: TaskState = TaskState.running
+    started_at: float | None = None
+    finished_at: float | None = None
+    exit_code: int | None = None
+    signal: int | None = None
+    cpu_s: float | None = None
+    max_rss_bytes: int | None = None
+    reason: str | None = None
+
+
+class TaskRecord(BaseModel):
+    """A task as etcd holds it: spec, state and every attempt."""
+    model_config = ConfigDict(extra="ignore")
+
+    id: str
+    spec: TaskSpec
+    state: TaskState = TaskState.queued
+    submitted_at: float
+    attempt: int = 0                       # number of the current (or last) attempt
+    attempts: list[Attempt] = Field(default_factory=list)
+    not_before: float | None = None        # retry backoff: not claimable before this time
+    cancel_requested: bool = False
+    finished_at: float | None = None
+    stdout_tail: str = ""
+    stderr_tail: str = ""
+    reason: str | None = None              # why it failed or was cancelled, in words
+
+    @property
+    def last(self) -> Attempt | None:
+        return self.attempts[-1] if self.attempts else None
+
+    @property
+    def node(self) -> str | None:
+        return self.last.node if self.last else None
+
+    @property
+    def exit_code(self) -> int | None:
+        return self.last.exit_code if self.last else None
+
+    @property
+    def started_at(self) -> float | None:
+        return self.last.started_at if self.last else None
+
+    @property
+    def is_final(self) -> bool:
+        return self.state in FINAL_STATES
+
+    def reason_text(self) -> str:
+        if self.reason:
+            return self.reason
+        if self.exit_code is not None:
+            return f"exit code {self.exit_code}"
+        return self.state.value
+
+    def summary(self) -> dict:
+        """The record as JSON-ready data, with the current attempt's figures lifted up."""
+        d = self.model_dump(mode="json")
+        last = self.last
+        d["node"] = last.node if last else None
+        d["exit_code"] = last.exit_code if last else None
+        d["started_at"] = last.started_at if last else None
+        d["cpu_s"] = last.cpu_s if last else None
+        d["max_rss_bytes"] = last.max_rss_bytes if last else None
+        return d

@@ -1,0 +1,1 @@
+"""The node process: API server, scheduler (claim, run, complete), reaper, heartbeat."""

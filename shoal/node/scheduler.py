@@ -1,0 +1,222 @@
+"""The node's work loop: watch the queue, claim what fits, run it, commit how it ended.
+Completions and claims go out together in one etcd transaction per step, so under
+load one round trip both frees a slot and fills it again."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+from ..exec import attempt as run
+from ..logic import placement, transitions
+from ..model import Attempt, TaskRecord, TaskState
+from ..settings import NodeSettings
+from ..store import Claim, Completion, Store, WatchReset
+from .queue_view import QueueView
+
+log = logging.getLogger("shoal.node")
+
+
+@dataclass
+class Running:
+    record: TaskRecord       # the running record as we wrote it
+    read_rev: int            # its mod_revision
+    attempt_rev: int         # create_revision of our running key
+    proc: run.Attempt | None
+
+
+class Scheduler:
+    def __init__(self, settings: NodeSettings, store: Store):
+        self.s = settings
+        self.store = store
+        self.total = placement.Capacity(settings.cpus, settings.memory_bytes, settings.gpus,
+                                        settings.slots, settings.disk_bytes)
+        self.queue = QueueView()
+        self.running: dict[str, Running] = {}
+        self.finished: dict[str, tuple[Running, TaskRecord]] = {}   # task id -> (run, new record)
+        self.lease = 0
+        self.wake = asyncio.Event()
+        self.accepting = True
+        self.completed_total = 0
+        self.last_rev = 0        # revision of the last step whose reply we processed
+        self._retry_timer: asyncio.TimerHandle | None = None
+
+    # -- capacity ---------------------------------------------------------------
+
+    def free(self) -> placement.Capacity:
+        cap = self.total
+        for r in self.running.values():
+            if r.proc is not None and not r.proc.done.done():
+                cap = cap.minus(r.record.spec)
+        return cap
+
+    def busy(self) -> int:
+        return sum(1 for r in self.running.values() if r.proc is not None and not r.proc.done.done())
+
+    # -- loops --------------------------------------------------------------------
+
+    async def watch_queue(self) -> None:
+        """Keep the queue view current. Reload when etcd compacted past us, and when the
+        view ran dry while the last load was cut short."""
+        await self._load_queue()
+        async for batch in self.store.watch(self.store.keys.queues, self.queue.loaded_rev + 1):
+            if isinstance(batch, WatchReset):
+                await self._load_queue()
+            elif self.queue.apply(batch):
+                self.wake.set()
+            if not self.queue.complete and len(self.queue) < 100:
+                await self._load_queue()
+
+    async def _load_queue(self) -> None:
+        kvs, more, rev = await self.store.get_prefix(self.store.keys.queues, limit=5000)
+        self.queue.load(kvs, rev, more)
+        self.wake.set()
+
+    async def watch_cancels(self) -> None:
+        prefix = self.store.keys.cancels_for(self.s.node_id)
+        rev = await self.store.revision()
+        kvs, _, _ = await self.store.get_prefix(prefix)
+        self._cancel([self.store.keys.id_of(kv.key) for kv in kvs])
+        async for batch in self.store.watch(prefix, rev + 1):
+            if isinstance(batch, WatchReset):
+                kvs, _, _ = await self.store.get_prefix(prefix)
+                self._cancel([self.store.keys.id_of(kv.key) for kv in kvs])
+                continue
+            self._cancel([self.store.keys.id_of(kv.key) for kind, kv, _ in batch if kind == "PUT"])
+
+    def _cancel(self, ids: list[str]) -> None:
+        for tid in ids:
+            r = self.running.get(tid)
+            if r is not None and r.proc is not None:
+                r.proc.kill("cancelled while running", self.s.cancel_grace_s)
+
+    async def run(self) -> None:
+        """The step loop: decide, commit, act; repeat while there is anything to do."""
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            claims = self._choose_claims() if self.accepting else []
+            if claims and self.busy():
+                await asyncio.sleep(placement.claim_delay_s(self.busy(), self.s.slots))
+                claims = self._choose_claims() if self.accepting else []
+            completions = [Completion(rec, r.read_rev, r.attempt_rev) for r, rec in self.finished.values()]
+            if not claims and not completions:
+                continue
+            try:
+                result = await self.store.step(self.s.node_id, self.lease, completions, claims)
+            except Exception as e:  # etcd away for longer than the store rides out
+                log.warning("step failed (%s); will retry", e)
+                await asyncio.sleep(0.5)
+                self.wake.set()
+                continue
+            self.last_rev = result.revision
+            self._after_completions(completions, result)
+            self._after_claims(claims, result)
+            if self.finished or (claims and all(result.claimed)):
+                self.wake.set()
+
+    def _choose_claims(self) -> list[Claim]:
+        now = time.time()
+        head = list(self.queue.head(self.s.claim_scan))
+        candidates = [(rec.id, rec.spec, rec.not_before) for _, _, rec in head
+                      if rec.id not in self.running]
+        ids = set(placement.choose_claims(candidates, self.free(), self.s.labels, now, self.s.slots))
+        claims = []
+        for key, kv, rec in head:
+            if rec.id in ids:
+                claims.append(Claim(rec.id, transitions.start_attempt(rec, self.s.node_id, now), key,
+                                    kv.mod_revision))
+        self._arm_retry_timer(head, now)
+        return claims
+
+    def _arm_retry_timer(self, head, now: float) -> None:
+        waits = [rec.not_before for _, _, rec in head if rec.not_before and rec.not_before > now]
+        if waits and self._retry_timer is None:
+            def fire():
+                self._retry_timer = None
+                self.wake.set()
+            self._retry_timer = asyncio.get_running_loop().call_later(min(waits) - now + 0.001, fire)
+
+    def _after_completions(self, completions: list[Completion], result) -> None:
+        for c, ok in zip(completions, result.completed):
+            tid = c.record.id
+            r, new = self.finished.pop(tid)
+            if ok:
+                self.running.pop(tid, None)
+                self.completed_total += 1
+                continue
+            current, rev = result.current.get(tid, (None, 0))
+            if current is None:
+                log.info("attempt %d of %s was fenced (its lease or claim is gone); dropped", c.record.attempt, tid)
+                self.running.pop(tid, None)
+                continue
+            # someone changed the task meanwhile (a cancel request): redo from their record
+            r.read_rev = rev
+            res = new.last
+            self.finished[tid] = (r, transitions.finish_attempt(current, res, new.stdout_tail,
+                                                                new.stderr_tail, time.time()))
+
+    def _after_claims(self, claims: list[Claim], result) -> None:
+        for c, ok in zip(claims, result.claimed):
+            self.queue.discard(c.queue_key)
+            if not ok:
+                continue
+            r = Running(c.record, result.revision, result.revision, None)
+            self.running[c.task_id] = r
+            try:
+                r.proc = run.start(c.record.spec, c.task_id, c.record.attempt, self.s.log_dir, self.s.node_id,
+                                   self.s.log_tail_bytes, self.s.kill_grace_s)
+            except run.SetupError as e:
+                now = time.time()
+                self._finish(c.task_id, run.AttemptResult(None, None, now, now, 0.0, 0, reason=str(e)))
+                continue
+            except OSError as e:  # e.g. the log disk is full
+                now = time.time()
+                self._finish(c.task_id, run.AttemptResult(None, None, now, now, 0.0, 0,
+                                                          reason=f"node {self.s.node_id} could not start it: {e}"))
+                continue
+            r.proc.done.add_done_callback(lambda fut, tid=c.task_id: self._finish(tid, fut.result()))
+
+    def _finish(self, task_id: str, res: run.AttemptResult) -> None:
+        r = self.running.get(task_id)
+        if r is None:
+            return
+        ok = res.exit_code == 0 and res.reason is None
+        attempt = Attempt(n=r.record.attempt, node=self.s.node_id,
+                          state=TaskState.succeeded if ok else TaskState.failed,
+                          started_at=res.started_at, finished_at=res.finished_at,
+                          exit_code=res.exit_code, signal=res.signal, cpu_s=res.cpu_s,
+                          max_rss_bytes=res.max_rss_bytes, reason=res.reason)
+        new = transitions.finish_attempt(r.record, attempt, res.stdout_tail, res.stderr_tail, res.finished_at)
+        self.finished[task_id] = (r, new)
+        self.wake.set()
+
+    # -- fencing --------------------------------------------------------------------
+
+    def fence(self) -> None:
+        """Our lease is gone: every attempt we run may already be running elsewhere.
+        Kill them all now and forget them; their writes would be refused anyway."""
+        for tid, r in list(self.running.items()):
+            if r.proc is not None:
+                r.proc.kill("fenced: the node lost its lease", 0.0)
+        self.running.clear()
+        self.finished.clear()
+
+    async def drain(self, grace_s: float) -> None:
+        """Stop claiming; kill running attempts and wait for them to exit."""
+        self.accepting = False
+        procs = [r.proc for r in self.running.values() if r.proc is not None]
+        for p in procs:
+            p.kill("node shutting down", grace_s)
+        if procs:
+            await asyncio.wait([p.done for p in procs], timeout=grace_s + 2)
+
+    async def reconcile(self) -> None:
+        """Running keys of ours with no attempt here (a claim whose reply was lost)
+        go back to the queue."""
+        kvs = await self.store.running_on(self.s.node_id)
+        for kv in kvs:
+            tid = self.store.keys.id_of(kv.key)
+            if tid not in self.running and kv.lease == self.lease and kv.create_revision <= self.last_rev:
+                await self.store.release_orphan(self.s.node_id, tid, kv.create_revision)
