@@ -30,22 +30,26 @@ class AttemptResult:
     max_rss_bytes: int
     stdout_tail: str = ""
     stderr_tail: str = ""
+    stdout_bytes: int = 0
+    stderr_bytes: int = 0
     reason: str | None = None   # set when it did not simply exit
     timed_out: bool = False
     killed: bool = False        # cancelled or fenced
 
 
-def tail(path: Path, nbytes: int) -> str:
+def tail(path: Path, nbytes: int) -> tuple[str, int]:
+    """The last `nbytes` of a file as text, and the file's full size."""
     try:
         with open(path, "rb") as f:
             f.seek(0, os.SEEK_END)
             size = f.tell()
+            if size == 0:
+                return "", 0
             f.seek(max(0, size - nbytes))
             data = f.read()
     except OSError:
-        return ""
-    text = data.decode("utf-8", "replace")
-    return text if size <= nbytes else "…" + text
+        return "", 0
+    return data.decode("utf-8", "replace"), size
 
 
 @dataclass
@@ -97,6 +101,8 @@ class Attempt:
             if self._limit.oom_killed() and not self._kill_reason:
                 self._kill_reason = "killed for exceeding its memory limit"
             self._limit.release()
+        out, out_size = tail(self.out_path, self.tail_bytes)
+        err, err_size = tail(self.err_path, self.tail_bytes)
         code = os.waitstatus_to_exitcode(status)
         sig = -code if code < 0 else None
         result = AttemptResult(
@@ -104,8 +110,7 @@ class Attempt:
             finished_at=time.time(),
             cpu_s=round(ru.ru_utime + ru.ru_stime, 6) if ru else 0.0,
             max_rss_bytes=(ru.ru_maxrss * 1024) if ru else 0,
-            stdout_tail=tail(self.out_path, self.tail_bytes),
-            stderr_tail=tail(self.err_path, self.tail_bytes),
+            stdout_tail=out, stderr_tail=err, stdout_bytes=out_size, stderr_bytes=err_size,
             reason=self._kill_reason, timed_out=self._timed_out,
             killed=self._kill_reason is not None and not self._timed_out)
         if not self.done.done():

@@ -21,11 +21,11 @@ def start_attempt(task: TaskRecord, node: str, now: float) -> TaskRecord:
     })
 
 
-def finish_attempt(task: TaskRecord, result: Attempt, stdout_tail: str, stderr_tail: str,
-                   now: float) -> TaskRecord:
-    """running -> succeeded | failed | queued (retry) | cancelled, from how the attempt ended."""
+def finish_attempt(task: TaskRecord, result: Attempt, output: dict, now: float) -> TaskRecord:
+    """running -> succeeded | failed | queued (retry) | cancelled, from how the attempt ended.
+    `output` holds stdout_tail, stderr_tail, stdout_bytes, stderr_bytes."""
     attempts = [*task.attempts[:-1], result] if task.attempts else [result]
-    update = {"attempts": attempts, "stdout_tail": stdout_tail, "stderr_tail": stderr_tail}
+    update = {"attempts": attempts, **output}
     if task.cancel_requested:
         return task.model_copy(update={**update, "state": TaskState.cancelled, "finished_at": now,
                                        "reason": task.reason or "cancelled while running"})

@@ -114,10 +114,10 @@ _EXPECTED = {
 }
 
 
-def describe_errors(e: ValidationError, prefix: str = "") -> list[str]:
+def describe_errors(e: ValidationError | list[dict], prefix: str = "") -> list[str]:
     """One line per problem, naming the field and the form it expects."""
     out = []
-    for err in e.errors():
+    for err in (e.errors() if isinstance(e, ValidationError) else e):
         loc = ".".join(str(p) for p in err["loc"] if not (isinstance(p, str) and p in (
             "str", "list[str]", "function-before[_size(), int]", "int", "float",
             "constrained-float", "constrained-int")))
@@ -177,6 +177,8 @@ class TaskRecord(BaseModel):
     finished_at: float | None = None
     stdout_tail: str = ""
     stderr_tail: str = ""
+    stdout_bytes: int = 0                  # full sizes: the tails are all of it when small
+    stderr_bytes: int = 0
     reason: str | None = None              # why it failed or was cancelled, in words
 
     @property

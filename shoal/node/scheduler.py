@@ -16,6 +16,7 @@ from ..store import Claim, Completion, Store, WatchReset
 from .queue_view import QueueView
 
 log = logging.getLogger("shoal.node")
+OUTPUT_FIELDS = ("stdout_tail", "stderr_tail", "stdout_bytes", "stderr_bytes")
 
 
 @dataclass
@@ -154,8 +155,8 @@ class Scheduler:
             # someone changed the task meanwhile (a cancel request): redo from their record
             r.read_rev = rev
             res = new.last
-            self.finished[tid] = (r, transitions.finish_attempt(current, res, new.stdout_tail,
-                                                                new.stderr_tail, time.time()))
+            output = new.model_dump(include=set(OUTPUT_FIELDS))
+            self.finished[tid] = (r, transitions.finish_attempt(current, res, output, time.time()))
 
     def _after_claims(self, claims: list[Claim], result) -> None:
         for c, ok in zip(claims, result.claimed):
@@ -188,7 +189,8 @@ class Scheduler:
                           started_at=res.started_at, finished_at=res.finished_at,
                           exit_code=res.exit_code, signal=res.signal, cpu_s=res.cpu_s,
                           max_rss_bytes=res.max_rss_bytes, reason=res.reason)
-        new = transitions.finish_attempt(r.record, attempt, res.stdout_tail, res.stderr_tail, res.finished_at)
+        output = {f: getattr(res, f) for f in OUTPUT_FIELDS}
+        new = transitions.finish_attempt(r.record, attempt, output, res.finished_at)
         self.finished[task_id] = (r, new)
         self.wake.set()
 

@@ -1,0 +1,20 @@
+"""shoal: run shell commands on one machine or a fleet, with all state in etcd."""
+__version__ = "0.1.0"
+
+from .errors import ShoalError, InvalidSpec, NotFound, Conflict, TooLarge, StoreUnavailable, TaskFailed  # noqa: E402
+
+
+def connect(address: str | None = None, **kw):
+    """A sync client for the cluster at `address`; see shoal.client.connect."""
+    from .client import connect as _connect
+    return _connect(address, **kw)
+
+
+def aconnect(address: str | None = None, **kw):
+    """An async client; use as `async with shoal.aconnect() as c:`."""
+    from .client import aconnect as _aconnect
+    return _aconnect(address, **kw)
+
+
+__all__ = ["connect", "aconnect", "ShoalError", "InvalidSpec", "NotFound", "Conflict", "TooLarge",
+           "StoreUnavailable", "TaskFailed", "__version__"]

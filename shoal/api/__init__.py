@@ -1,0 +1,1 @@
+"""The HTTP API every node serves; any node answers for the whole cluster."""

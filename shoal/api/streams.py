@@ -1,0 +1,87 @@
+"""Event streams driven by etcd watches: clients never poll. NDJSON, one event a line."""
+from __future__ import annotations
+
+import orjson
+from fastapi import APIRouter, Body, Request
+from fastapi.responses import StreamingResponse
+
+from ..model import FINAL_STATES
+from ..store import WatchReset
+from ..store.etcd import decode
+
+router = APIRouter(tags=["events"])
+_FINAL_MARKS = tuple(f'"state":"{s.value}"'.encode() for s in FINAL_STATES)
+
+
+def _line(obj) -> bytes:
+    return orjson.dumps(obj) + b"\n"
+
+
+@router.get("/v1/events")
+async def events(request: Request, job: str | None = None, task: str | None = None,
+                 state: str | None = None, since: int | None = None):
+    """Every task change (optionally only of one job, one task, or into one state) from
+    revision `since` (default: now) on, as NDJSON: {"revision", "task"}."""
+    store = request.app.state.node.store
+    start = since if since is not None else await store.revision() + 1
+
+    async def gen():
+        yield _line({"type": "hello", "revision": start - 1})
+        async for batch in store.watch(store.keys.tasks, start):
+            if isinstance(batch, WatchReset):
+                yield _line({"type": "reset", "revision": batch.revision})
+                continue
+            out = []
+            for kind, kv, _ in batch:
+                if kind != "PUT":
+                    continue
+                if task is not None and not kv.key.endswith(task.encode()):
+                    continue
+                rec = decode(kv.value)
+                if (job is None or rec.spec.job == job) and (state is None or rec.state.value == state):
+                    out.append(_line({"type": "task", "revision": kv.mod_revision, "task": rec.summary()}))
+            if out:
+                yield b"".join(out)
+    return StreamingResponse(gen(), media_type="application/x-ndjson")
+
+
+@router.post("/v1/wait")
+async def wait(request: Request, ids: list[str] = Body(..., embed=True)):
+    """Stream each of `ids` once it has ended (those already ended first), as NDJSON
+    task records; an unknown id gets {"id", "error": "not found"}. Ends when all have."""
+    store = request.app.state.node.store
+
+    async def gen():
+        found, rev = await store.get_tasks(ids)
+        left = set(ids)
+        out = []
+        for tid in ids:
+            rec = found.get(tid)
+            if rec is None:
+                out.append(_line({"id": tid, "error": "not found"}))
+                left.discard(tid)
+            elif rec.is_final:
+                out.append(_line(rec.summary()))
+                left.discard(tid)
+        if out:
+            yield b"".join(out)
+        if not left:
+            return
+        async for batch in store.watch(store.keys.tasks, rev + 1):
+            if isinstance(batch, WatchReset):
+                found, _ = await store.get_tasks(sorted(left))
+                recs = [r for r in found.values() if r.is_final]
+            else:
+                recs = [decode(kv.value) for kind, kv, _ in batch
+                        if kind == "PUT" and store.keys.id_of(kv.key) in left
+                        and any(m in kv.value for m in _FINAL_MARKS)]
+            out = []
+            for rec in recs:
+                if rec.id in left and rec.is_final:
+                    left.discard(rec.id)
+                    out.append(_line(rec.summary()))
+            if out:
+                yield b"".join(out)
+            if not left:
+                return
+    return StreamingResponse(gen(), media_type="application/x-ndjson")

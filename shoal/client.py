@@ -1,0 +1,295 @@
+"""The SDK: an async client over any node's HTTP API, and a thin sync wrapper that runs
+the same async methods on a private event loop thread."""
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+import os
+import queue
+import tempfile
+from pathlib import Path
+from typing import Any, AsyncIterator, Iterable
+
+import anyio
+import httpx
+import orjson
+
+from . import errors
+from .errors import InvalidSpec, ShoalError
+from .local import LocalCluster
+from .logic.template import combine, fill
+from .model import TaskRecord, TaskSpec
+from .settings import shoal_home
+
+_ERRORS = {cls.__name__: cls for cls in (errors.InvalidSpec, errors.NotFound, errors.Conflict,
+                                         errors.TooLarge, errors.StoreUnavailable)}
+
+
+def _raise_for(resp: httpx.Response) -> None:
+    if resp.status_code < 400:
+        return
+    try:
+        body = resp.json()
+    except ValueError:
+        raise ShoalError(f"{resp.request.method} {resp.request.url.path}: HTTP {resp.status_code}: "
+                         f"{resp.text[:500]}") from None
+    cls = _ERRORS.get(body.get("error"), ShoalError)
+    if cls is InvalidSpec:
+        raise InvalidSpec(body.get("problems") or [body.get("message", "")])
+    raise cls(body.get("message", resp.text))
+
+
+class AsyncClient:
+    """Talks to one node's API; any node answers for the whole cluster."""
+
+    def __init__(self, address: str, timeout_s: float = 30.0):
+        self.address = address.rstrip("/")
+        self._http = httpx.AsyncClient(base_url=self.address, timeout=httpx.Timeout(timeout_s),
+                                       limits=httpx.Limits(max_connections=32))
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.aclose()
+
+    async def _json(self, method: str, path: str, **kw) -> Any:
+        try:
+            resp = await self._http.request(method, path, **kw)
+        except httpx.TransportError as e:
+            raise errors.ClusterError(f"cannot reach shoal at {self.address} ({e}); "
+                                      "is a cluster running? (`shoal up`)") from None
+        _raise_for(resp)
+        return orjson.loads(resp.content)
+
+    @staticmethod
+    def _spec(command: Any, fields: dict) -> dict:
+        data = dict(fields, command=command) if command is not None else dict(fields)
+        TaskSpec.parse(data)  # refuse bad input before it leaves this process
+        return data
+
+    # -- tasks --------------------------------------------------------------------
+
+    async def submit(self, command: list[str] | str, **fields) -> TaskRecord:
+        """Submit one task: `command` as an argv list or a shell string, plus any
+        TaskSpec field (env, cwd, stdin, cpus, memory, retries, timeout, name, ...)."""
+        data = self._spec(command, fields)
+        return TaskRecord.model_validate(await self._json("POST", "/v1/tasks", json=data))
+
+    async def submit_many(self, specs: Iterable[dict | TaskSpec], job: str | None = None,
+                          chunk: int = 1000) -> list[str]:
+        """Submit many tasks; returns their ids in order. Each chunk is all-or-nothing."""
+        rows = [s.model_dump(mode="json", exclude_defaults=True) if isinstance(s, TaskSpec) else s for s in specs]
+        problems = []
+        for i, row in enumerate(rows):
+            try:
+                TaskSpec.parse(row)
+            except InvalidSpec as e:
+                problems.extend(f"tasks[{i}].{p}" for p in e.problems)
+        if problems:
+            raise InvalidSpec(problems)
+        ids: list[str] = []
+        for i in range(0, len(rows), chunk):
+            body = await self._json("POST", "/v1/tasks/batch", json={"tasks": rows[i:i + chunk], "job": job})
+            ids.extend(body["ids"])
+        return ids
+
+    async def get(self, task_id: str) -> TaskRecord:
+        return TaskRecord.model_validate(await self._json("GET", f"/v1/tasks/{task_id}"))
+
+    async def cancel(self, task_id: str) -> TaskRecord:
+        return TaskRecord.model_validate(await self._json("POST", f"/v1/tasks/{task_id}/cancel"))
+
+    async def list(self, state: str | None = None, name: str | None = None, job: str | None = None,
+                   team: str | None = None, node: str | None = None, limit: int = 100,
+                   before: str | None = None) -> list[TaskRecord]:
+        """Tasks, newest first, filtered."""
+        params = {k: v for k, v in dict(state=state, name=name, job=job, team=team, node=node,
+                                        limit=limit, before=before).items() if v is not None}
+        body = await self._json("GET", "/v1/tasks", params=params)
+        return [TaskRecord.model_validate(t) for t in body["tasks"]]
+
+    async def as_finished(self, ids: list[str], timeout: float | None = None) -> AsyncIterator[TaskRecord]:
+        """Yield each task once it has ended, in the order they end (driven by etcd watches)."""
+        import anyio
+        with anyio.fail_after(timeout):
+            async with self._http.stream("POST", "/v1/wait", json={"ids": list(ids)},
+                                         timeout=httpx.Timeout(30.0, read=None)) as resp:
+                if resp.status_code >= 400:
+                    await resp.aread()
+                    _raise_for(resp)
+                async for line in resp.aiter_lines():
+                    if not line:
+                        continue
+                    d = orjson.loads(line)
+                    if "error" in d:
+                        raise errors.NotFound(f"no task {d['id']!r}")
+                    yield TaskRecord.model_validate(d)
+
+    async def wait(self, task: str | TaskRecord | list, timeout: float | None = None,
+                   raise_on_failure: bool = False):
+        """Wait until the task (or every task of a list) has ended; return its record(s)."""
+        single = not isinstance(task, list)
+        ids = [t.id if isinstance(t, TaskRecord) else t for t in ([task] if single else task)]
+        done: dict[str, TaskRecord] = {}
+        async for rec in self.as_finished(ids, timeout):
+            done[rec.id] = rec
+            if raise_on_failure and rec.state.value != "succeeded":
+                raise errors.TaskFailed(rec)
+        out = [done[i] for i in ids]
+        return out[0] if single else out
+
+    async def logs(self, task_id: str, stream: str = "stdout", follow: bool = False,
+                   attempt: int | None = None) -> AsyncIterator[str]:
+        """The task's output as text chunks; with follow=True until the task ends."""
+        params = {"stream": stream, "follow": str(follow).lower()}
+        if attempt:
+            params["attempt"] = attempt
+        async with self._http.stream("GET", f"/v1/tasks/{task_id}/logs", params=params,
+                                     timeout=httpx.Timeout(30.0, read=None)) as resp:
+            if resp.status_code >= 400:
+                await resp.aread()
+                _raise_for(resp)
+            async for text in resp.aiter_text():
+                yield text
+
+    async def events(self, job: str | None = None, task: str | None = None,
+                     since: int | None = None) -> AsyncIterator[dict]:
+        params = {k: v for k, v in dict(job=job, task=task, since=since).items() if v is not None}
+        async with self._http.stream("GET", "/v1/events", params=params,
+                                     timeout=httpx.Timeout(30.0, read=None)) as resp:
+            async for line in resp.aiter_lines():
+                if line:
+                    yield orjson.loads(line)
+
+    async def map(self, template: str, *sources: Iterable[str], wait: bool = True, job: str | None = None,
+                  **fields) -> list[TaskRecord] | list[str]:
+        """One task per input (or per combination of several input sources), like GNU
+        parallel: `{}` in `template` is the input, `{1}` `{2}` the n-th source; with no
+        placeholder the input is appended. Returns records in input order (or ids)."""
+        combos = combine([list(s) for s in sources])
+        specs = [dict(fields, command=fill(template, args, i + 1)) for i, args in enumerate(combos)]
+        ids = await self.submit_many(specs, job=job)
+        return await self.wait(ids) if wait else ids
+
+    # -- cluster ------------------------------------------------------------------
+
+    async def nodes(self) -> list[dict]:
+        return (await self._json("GET", "/v1/nodes"))["nodes"]
+
+    async def health(self) -> dict:
+        return await self._json("GET", "/v1/health")
+
+
+class Client:
+    """The sync face of AsyncClient: each method runs the async one on a private loop."""
+
+    def __init__(self, aclient_factory, on_close=None):
+        from anyio.from_thread import start_blocking_portal
+        self._portal_cm = start_blocking_portal()
+        self._portal = self._portal_cm.__enter__()
+        self._async: AsyncClient = self._portal.call(aclient_factory)
+        self._on_close = on_close
+        self.address = self._async.address
+
+    def __getattr__(self, name: str):
+        attr = getattr(self._async, name)
+        if inspect.isasyncgenfunction(attr):
+            @functools.wraps(attr)
+            def gen(*a, **k):
+                return self._iterate(attr(*a, **k))
+            return gen
+        if inspect.iscoroutinefunction(attr):
+            @functools.wraps(attr)
+            def call(*a, **k):
+                return self._portal.call(functools.partial(attr, *a, **k))
+            return call
+        return attr
+
+    def _iterate(self, agen):
+        """Drive an async generator in one task on the loop (its cancel scopes and open
+        streams must stay in one task), handing items over through a queue."""
+        items: queue.Queue = queue.Queue()
+        done = object()
+
+        async def pump():
+            try:
+                async for item in agen:
+                    items.put_nowait((True, item))
+                items.put_nowait((True, done))
+            except BaseException as e:  # handed to the caller's thread
+                items.put_nowait((False, e))
+                raise
+            finally:
+                await agen.aclose()
+
+        fut = self._portal.start_task_soon(pump)
+        try:
+            while True:
+                ok, item = items.get()
+                if not ok:
+                    raise item
+                if item is done:
+                    return
+                yield item
+        finally:
+            if not fut.done():
+                fut.cancel()
+
+    def close(self) -> None:
+        if self._portal is None:
+            return
+        try:
+            self._portal.call(self._async.aclose)
+        finally:
+            self._portal_cm.__exit__(None, None, None)
+            self._portal = None
+            if self._on_close:
+                self._on_close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _discover(address: str | None) -> tuple[str, LocalCluster | None]:
+    """The API address to use, and the embedded cluster we started for it (if any)."""
+    address = address or os.environ.get("SHOAL_ADDRESS")
+    if address:
+        return address, None
+    st = LocalCluster(shoal_home()).running()
+    if st:
+        return st["nodes"][0]["api"], None
+    cluster = LocalCluster(Path(tempfile.mkdtemp(prefix="shoal-embedded-")), nodes=1)
+    try:
+        st = cluster.up()
+    except BaseException:
+        cluster.destroy()
+        raise
+    return st["nodes"][0]["api"], cluster
+
+
+def connect(address: str | None = None, timeout_s: float = 30.0) -> Client:
+    """A client for the cluster at `address` (or $SHOAL_ADDRESS, or the cluster `shoal up`
+    started). With none running, starts an embedded local cluster and stops it on close."""
+    addr, cluster = _discover(address)
+    return Client(lambda: AsyncClient(addr, timeout_s), on_close=cluster.destroy if cluster else None)
+
+
+@contextlib.asynccontextmanager
+async def aconnect(address: str | None = None, timeout_s: float = 30.0):
+    import anyio
+    addr, cluster = await anyio.to_thread.run_sync(_discover, address)
+    client = AsyncClient(addr, timeout_s)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+        if cluster:
+            await anyio.to_thread.run_sync(cluster.destroy)
