@@ -41,6 +41,8 @@ class NodeSettings:
     log_tail_bytes: int = 4096
     max_retries: int = DEFAULT_MAX_RETRIES
     claim_scan: int = 1000
+    prefetch_per_slot: int = 8      # tasks claimed ahead per slot when the queue is deep...
+    prefetch_below_s: float = 0.25  # ...and recent attempts take less than this
 
     @property
     def log_dir(self) -> Path:

@@ -6,10 +6,12 @@ from fastapi import APIRouter, Body, Request
 from fastapi.responses import StreamingResponse
 
 from ..model import FINAL_STATES
+from ..model.task import summarize
 from ..store import WatchReset
 from ..store.etcd import decode
 
 router = APIRouter(tags=["events"])
+_FINAL_NAMES = frozenset(s.value for s in FINAL_STATES)
 _FINAL_MARKS = tuple(f'"state":"{s.value}"'.encode() for s in FINAL_STATES)
 
 
@@ -71,15 +73,16 @@ async def wait(request: Request, ids: list[str] = Body(..., embed=True)):
             if isinstance(batch, WatchReset):
                 found, _ = await store.get_tasks(sorted(left))
                 recs = [r for r in found.values() if r.is_final]
+                recs = [r.summary() for r in recs]
             else:
-                recs = [decode(kv.value) for kind, kv, _ in batch
+                recs = [orjson.loads(kv.value) for kind, kv, _ in batch
                         if kind == "PUT" and store.keys.id_of(kv.key) in left
                         and any(m in kv.value for m in _FINAL_MARKS)]
             out = []
             for rec in recs:
-                if rec.id in left and rec.is_final:
-                    left.discard(rec.id)
-                    out.append(_line(rec.summary()))
+                if rec["id"] in left and rec["state"] in _FINAL_NAMES:
+                    left.discard(rec["id"])
+                    out.append(_line(summarize(rec)))
             if out:
                 yield b"".join(out)
             if not left:

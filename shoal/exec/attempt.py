@@ -125,8 +125,8 @@ def _signal_group(pgid: int, sig: int) -> None:
 
 
 def log_paths(log_dir: Path, task_id: str, n: int) -> tuple[Path, Path]:
-    d = log_dir / task_id
-    return d / f"{n}.out", d / f"{n}.err"
+    """Files of attempt n, flat in the node's log directory (no directory per task)."""
+    return log_dir / f"{task_id}.{n}.out", log_dir / f"{task_id}.{n}.err"
 
 
 def start(spec: TaskSpec, task_id: str, n: int, log_dir: Path, node_id: str,
@@ -141,8 +141,7 @@ def start(spec: TaskSpec, task_id: str, n: int, log_dir: Path, node_id: str,
         except OSError as e:
             raise SetupError(f"stdin: cannot open {spec.stdin!r} on node {node_id}: {e.strerror}") from None
     out_path, err_path = log_paths(log_dir, task_id, n)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    env = dict(base_env if base_env is not None else os.environ)
+    env = dict(base_env) if base_env is not None else dict(os.environ)
     env.update(spec.env)
     env["SHOAL_TASK_ID"] = task_id
     env["SHOAL_ATTEMPT"] = str(n)

@@ -210,11 +210,13 @@ class TaskRecord(BaseModel):
 
     def summary(self) -> dict:
         """The record as JSON-ready data, with the current attempt's figures lifted up."""
-        d = self.model_dump(mode="json")
-        last = self.last
-        d["node"] = last.node if last else None
-        d["exit_code"] = last.exit_code if last else None
-        d["started_at"] = last.started_at if last else None
-        d["cpu_s"] = last.cpu_s if last else None
-        d["max_rss_bytes"] = last.max_rss_bytes if last else None
-        return d
+        return summarize(self.model_dump(mode="json"))
+
+
+def summarize(d: dict) -> dict:
+    """Lift the current attempt's figures to the top of a record's JSON form; works on
+    plain dicts so streams need not build models."""
+    last = d["attempts"][-1] if d.get("attempts") else {}
+    for key in ("node", "exit_code", "started_at", "cpu_s", "max_rss_bytes"):
+        d[key] = last.get(key)
+    return d

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from ..errors import NotFound
-from ..model import TaskState
+from aetcd.exceptions import ClientError
+
 from ..store import Store, WatchReset
 
 log = logging.getLogger("shoal.reaper")
@@ -20,41 +20,35 @@ class Reaper:
         self.requeued = 0
 
     async def serve(self) -> None:
-        """Run as reaper: reconcile once, then react to node deaths as they happen."""
+        """Run as reaper: reconcile once, then react to node deaths as they happen. A
+        node's lease expiring deletes its node key and its running keys at one revision,
+        so the running keys it held are read back at the revision just before."""
         rev = await self.store.revision()
         await self.reconcile()
-        watch = self.store.watch(self.store.keys.all_running, rev + 1, prev_kv=True)
         tick = asyncio.create_task(self._periodic())
         try:
-            async for batch in watch:
+            async for batch in self.store.watch(self.store.keys.nodes, rev + 1):
                 if isinstance(batch, WatchReset):
                     await self.reconcile()
                     continue
-                lost = [(self.store.keys.node_of_running(kv.key), self.store.keys.id_of(kv.key), prev.lease)
-                        for kind, kv, prev in batch
-                        if kind == "DELETE" and prev is not None and prev.lease]
-                if lost:
-                    await self._requeue_if_lost(lost)
+                for kind, kv, _ in batch:
+                    if kind == "DELETE":
+                        await self._node_gone(self.store.keys.id_of(kv.key), kv.mod_revision)
         finally:
             tick.cancel()
 
-    async def _requeue_if_lost(self, lost: list[tuple[str, str]]) -> None:
-        """A running key was deleted. A node that completes an attempt deletes the key in
-        the same txn that moves the task on, so only a task still 'running' on that node
-        was lost; requeue_lost checks exactly that inside its transaction."""
-        alive = {n.id: n.lease for n in await self.store.nodes()}
-        for node, tid, lease in lost:
-            if alive.get(node) == lease:
-                continue  # its node is alive: an ordinary completion (or it was released)
-            try:
-                rec, _ = await self.store.get_task(tid)
-            except NotFound:
-                continue
-            if rec.state == TaskState.running and rec.node == node:
-                new = await self.store.requeue_lost(tid, node)
-                if new is not None:
-                    self.requeued += 1
-                    log.info("task %s: node %s lost -> %s", tid, node, new.state.value)
+    async def _node_gone(self, node: str, revision: int) -> None:
+        try:
+            held = await self.store.running_on(node, revision=revision - 1)
+        except ClientError:  # compacted past that revision: look at everything instead
+            await self.reconcile()
+            return
+        for kv in held:
+            tid = self.store.keys.id_of(kv.key)
+            new = await self.store.requeue_lost(tid, node)
+            if new is not None:
+                self.requeued += 1
+                log.info("task %s: node %s lost -> %s", tid, node, new.state.value)
 
     async def _periodic(self) -> None:
         while True:

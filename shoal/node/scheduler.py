@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
+from collections import deque
 from dataclasses import dataclass
 
 from ..exec import attempt as run
@@ -40,17 +42,32 @@ class Scheduler:
         self.wake = asyncio.Event()
         self.accepting = True
         self.completed_total = 0
+        # claimed but not started: when the queue is deep a node claims a few tasks beyond
+        # its free slots, so a finished attempt is replaced at once, not one txn later
+        self.ready: deque[str] = deque()
+        self.avg_runtime_s: float | None = None   # moving average of attempt run times
+        self.base_env = dict(os.environ)   # copied once: os.environ decodes on every read
         self.last_rev = 0        # revision of the last step whose reply we processed
         self._retry_timer: asyncio.TimerHandle | None = None
 
     # -- capacity ---------------------------------------------------------------
 
     def free(self) -> placement.Capacity:
+        """What is free now: total minus the attempts whose process is alive."""
         cap = self.total
         for r in self.running.values():
             if r.proc is not None and not r.proc.done.done():
                 cap = cap.minus(r.record.spec)
         return cap
+
+    def prefetch(self) -> int:
+        """How many tasks to hold beyond free slots. Only while recent attempts are short:
+        then the claim round trip, not the work, is what limits throughput. Long tasks are
+        never claimed ahead, so they never queue behind each other on a busy node while
+        another node sits idle."""
+        if self.avg_runtime_s is None or self.avg_runtime_s > self.s.prefetch_below_s:
+            return 0
+        return self.s.prefetch_per_slot * self.s.slots
 
     def busy(self) -> int:
         return sum(1 for r in self.running.values() if r.proc is not None and not r.proc.done.done())
@@ -89,8 +106,14 @@ class Scheduler:
     def _cancel(self, ids: list[str]) -> None:
         for tid in ids:
             r = self.running.get(tid)
-            if r is not None and r.proc is not None:
+            if r is None:
+                continue
+            if r.proc is not None:
                 r.proc.kill("cancelled while running", self.s.cancel_grace_s)
+            elif tid in self.ready:
+                self.ready.remove(tid)
+                now = time.time()
+                self._finish(tid, run.AttemptResult(None, None, now, now, 0.0, 0, reason="cancelled"))
 
     async def run(self) -> None:
         """The step loop: decide, commit, act; repeat while there is anything to do."""
@@ -118,26 +141,45 @@ class Scheduler:
                 self.wake.set()
 
     def _choose_claims(self) -> list[Claim]:
+        """Walk the queue head in claim order, taking what fits what is free. Stops as soon
+        as the slots are full, so a deep queue costs nothing per step."""
         now = time.time()
-        head = list(self.queue.head(self.s.claim_scan))
-        candidates = [(rec.id, rec.spec, rec.not_before) for _, _, rec in head
-                      if rec.id not in self.running]
-        ids = set(placement.choose_claims(candidates, self.free(), self.s.labels, now, self.s.slots))
-        claims = []
-        for key, kv, rec in head:
-            if rec.id in ids:
-                claims.append(Claim(rec.id, transitions.start_attempt(rec, self.s.node_id, now), key,
-                                    kv.mod_revision))
-        self._arm_retry_timer(head, now)
+        free = self.free()
+        for tid in self.ready:
+            free = free.minus(self.running[tid].record.spec)
+        # beyond what is free, a deep queue lets us hold `prefetch` more, each of which
+        # must fit the whole node
+        extra = max(0, self.prefetch() - len(self.ready)) if len(self.queue) > self.s.slots else 0
+        claims: list[Claim] = []
+        soonest = None
+        for key, kv, rec in self.queue.head(self.s.claim_scan):
+            if free.slots < 1 and extra < 1:
+                break
+            if rec.id in self.running:
+                continue
+            if rec.not_before is not None and rec.not_before > now:
+                soonest = rec.not_before if soonest is None else min(soonest, rec.not_before)
+                continue
+            if placement.fits(rec.spec, free, self.s.labels):
+                free = free.minus(rec.spec)
+            elif extra >= 1 and placement.fits(rec.spec, self.total, self.s.labels):
+                extra -= 1
+            else:
+                continue
+            claims.append(Claim(rec.id, transitions.start_attempt(rec, self.s.node_id, now), key,
+                                kv.mod_revision))
+        if soonest is not None:
+            self._arm_retry_timer(soonest - now)
         return claims
 
-    def _arm_retry_timer(self, head, now: float) -> None:
-        waits = [rec.not_before for _, _, rec in head if rec.not_before and rec.not_before > now]
-        if waits and self._retry_timer is None:
-            def fire():
-                self._retry_timer = None
-                self.wake.set()
-            self._retry_timer = asyncio.get_running_loop().call_later(min(waits) - now + 0.001, fire)
+    def _arm_retry_timer(self, delay_s: float) -> None:
+        if self._retry_timer is not None:
+            return
+
+        def fire():
+            self._retry_timer = None
+            self.wake.set()
+        self._retry_timer = asyncio.get_running_loop().call_later(max(0.0, delay_s) + 0.001, fire)
 
     def _after_completions(self, completions: list[Completion], result) -> None:
         for c, ok in zip(completions, result.completed):
@@ -161,23 +203,32 @@ class Scheduler:
     def _after_claims(self, claims: list[Claim], result) -> None:
         for c, ok in zip(claims, result.claimed):
             self.queue.discard(c.queue_key)
-            if not ok:
-                continue
-            r = Running(c.record, result.revision, result.revision, None)
-            self.running[c.task_id] = r
+            if ok:
+                self.running[c.task_id] = Running(c.record, result.revision, result.revision, None)
+                self.ready.append(c.task_id)
+        self._start_ready()
+
+    def _start_ready(self) -> None:
+        """Start claimed attempts, in claim order, while they fit what is free."""
+        while self.ready:
+            tid = self.ready[0]
+            r = self.running[tid]
+            if not placement.fits(r.record.spec, self.free(), self.s.labels):
+                return
+            self.ready.popleft()
             try:
-                r.proc = run.start(c.record.spec, c.task_id, c.record.attempt, self.s.log_dir, self.s.node_id,
-                                   self.s.log_tail_bytes, self.s.kill_grace_s)
+                r.proc = run.start(r.record.spec, tid, r.record.attempt, self.s.log_dir, self.s.node_id,
+                                   self.s.log_tail_bytes, self.s.kill_grace_s, self.base_env)
             except run.SetupError as e:
                 now = time.time()
-                self._finish(c.task_id, run.AttemptResult(None, None, now, now, 0.0, 0, reason=str(e)))
+                self._finish(tid, run.AttemptResult(None, None, now, now, 0.0, 0, reason=str(e)))
                 continue
             except OSError as e:  # e.g. the log disk is full
                 now = time.time()
-                self._finish(c.task_id, run.AttemptResult(None, None, now, now, 0.0, 0,
-                                                          reason=f"node {self.s.node_id} could not start it: {e}"))
+                self._finish(tid, run.AttemptResult(None, None, now, now, 0.0, 0,
+                                                    reason=f"node {self.s.node_id} could not start it: {e}"))
                 continue
-            r.proc.done.add_done_callback(lambda fut, tid=c.task_id: self._finish(tid, fut.result()))
+            r.proc.done.add_done_callback(lambda fut, tid=tid: self._finish(tid, fut.result()))
 
     def _finish(self, task_id: str, res: run.AttemptResult) -> None:
         r = self.running.get(task_id)
@@ -189,10 +240,14 @@ class Scheduler:
                           started_at=res.started_at, finished_at=res.finished_at,
                           exit_code=res.exit_code, signal=res.signal, cpu_s=res.cpu_s,
                           max_rss_bytes=res.max_rss_bytes, reason=res.reason)
+        took = max(0.0, res.finished_at - res.started_at)
+        self.avg_runtime_s = took if self.avg_runtime_s is None else 0.9 * self.avg_runtime_s + 0.1 * took
         output = {f: getattr(res, f) for f in OUTPUT_FIELDS}
         new = transitions.finish_attempt(r.record, attempt, output, res.finished_at)
         self.finished[task_id] = (r, new)
         self.wake.set()
+        if r.proc is not None:
+            self._start_ready()
 
     # -- fencing --------------------------------------------------------------------
 
@@ -204,10 +259,12 @@ class Scheduler:
                 r.proc.kill("fenced: the node lost its lease", 0.0)
         self.running.clear()
         self.finished.clear()
+        self.ready.clear()
 
     async def drain(self, grace_s: float) -> None:
         """Stop claiming; kill running attempts and wait for them to exit."""
         self.accepting = False
+        self.ready.clear()
         procs = [r.proc for r in self.running.values() if r.proc is not None]
         for p in procs:
             p.kill("node shutting down", grace_s)

@@ -460,8 +460,10 @@ class Store:
             out.setdefault(self.keys.node_of_running(kv.key), set()).add(self.keys.id_of(kv.key))
         return out
 
-    async def running_on(self, node_id: str) -> list[KV]:
-        kvs, _, _ = await self.get_prefix(self.keys.running_on(node_id))
+    async def running_on(self, node_id: str, revision: int = 0) -> list[KV]:
+        """The running keys of a node, now or as they were at `revision`."""
+        prefix = self.keys.running_on(node_id)
+        kvs, _, _ = await self._range(prefix, prefix_range_end(prefix), revision=revision)
         return kvs
 
     # -- elections ---------------------------------------------------------------
