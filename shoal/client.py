@@ -2,6 +2,7 @@
 the same async methods on a private event loop thread."""
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import inspect
@@ -18,7 +19,7 @@ import orjson
 from . import errors
 from .errors import InvalidSpec, ShoalError
 from .local import LocalCluster
-from .logic.template import combine, fill
+from .logic.template import as_command, combine, fill
 from .model import TaskRecord, TaskSpec
 from .settings import shoal_home
 
@@ -98,6 +99,53 @@ class AsyncClient:
             ids.extend(body["ids"])
         return ids
 
+    async def run_many(self, specs: list[dict], job: str | None = None, chunk: int = 250,
+                       on_submitted=None, keep_submitting=None) -> AsyncIterator[TaskRecord]:
+        """Submit `specs` and yield each task as it ends. Chunks are submitted one after
+        another while earlier ones already run, so a long list starts at once.
+        `on_submitted(ids)` is called with each chunk's ids as they are accepted; when
+        `keep_submitting()` turns false the rest is not submitted (nor waited for)."""
+        problems = []
+        for i, row in enumerate(specs):
+            try:
+                TaskSpec.parse(row)
+            except InvalidSpec as e:
+                problems.extend(f"tasks[{i}].{p}" for p in e.problems)
+        if problems:
+            raise InvalidSpec(problems)
+        results: asyncio.Queue = asyncio.Queue()
+        pending = len(specs)
+
+        async def follow(ids):
+            try:
+                async for rec in self.as_finished(ids):
+                    results.put_nowait(rec)
+            except BaseException as e:
+                results.put_nowait(e)
+                raise
+
+        async with anyio.create_task_group() as tg:
+            async def submit_all():
+                nonlocal pending
+                for i in range(0, len(specs), chunk):
+                    if keep_submitting is not None and not keep_submitting():
+                        pending -= len(specs) - i
+                        results.put_nowait(None)
+                        return
+                    body = await self._json("POST", "/v1/tasks/batch", json={"tasks": specs[i:i + chunk], "job": job})
+                    if on_submitted:
+                        on_submitted(body["ids"])
+                    tg.start_soon(follow, body["ids"])
+            tg.start_soon(submit_all)
+            while pending:
+                item = await results.get()
+                if isinstance(item, BaseException):
+                    raise item
+                if item is None:
+                    continue  # submitting stopped; `pending` was lowered
+                pending -= 1
+                yield item
+
     async def get(self, task_id: str) -> TaskRecord:
         return TaskRecord.model_validate(await self._json("GET", f"/v1/tasks/{task_id}"))
 
@@ -172,7 +220,7 @@ class AsyncClient:
         parallel: `{}` in `template` is the input, `{1}` `{2}` the n-th source; with no
         placeholder the input is appended. Returns records in input order (or ids)."""
         combos = combine([list(s) for s in sources])
-        specs = [dict(fields, command=fill(template, args, i + 1)) for i, args in enumerate(combos)]
+        specs = [dict(fields, command=as_command(fill(template, args, i + 1))) for i, args in enumerate(combos)]
         ids = await self.submit_many(specs, job=job)
         return await self.wait(ids) if wait else ids
 

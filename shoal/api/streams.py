@@ -7,7 +7,7 @@ from fastapi.responses import StreamingResponse
 
 from ..model import FINAL_STATES
 from ..model.task import summarize
-from ..store import WatchReset
+from ..store.etcd import WatchReset
 from ..store.etcd import decode
 
 router = APIRouter(tags=["events"])
@@ -53,38 +53,41 @@ async def wait(request: Request, ids: list[str] = Body(..., embed=True)):
     task records; an unknown id gets {"id", "error": "not found"}. Ends when all have."""
     store = request.app.state.node.store
 
+    feed = request.app.state.node.feed
+
     async def gen():
-        found, rev = await store.get_tasks(ids)
-        left = set(ids)
-        out = []
-        for tid in ids:
-            rec = found.get(tid)
-            if rec is None:
-                out.append(_line({"id": tid, "error": "not found"}))
-                left.discard(tid)
-            elif rec.is_final:
-                out.append(_line(rec.summary()))
-                left.discard(tid)
-        if out:
-            yield b"".join(out)
-        if not left:
-            return
-        async for batch in store.watch(store.keys.tasks, rev + 1):
-            if isinstance(batch, WatchReset):
-                found, _ = await store.get_tasks(sorted(left))
-                recs = [r for r in found.values() if r.is_final]
-                recs = [r.summary() for r in recs]
-            else:
-                recs = [orjson.loads(kv.value) for kind, kv, _ in batch
-                        if kind == "PUT" and store.keys.id_of(kv.key) in left
-                        and any(m in kv.value for m in _FINAL_MARKS)]
+        async with feed.subscribe(ids) as updates:
+            found, _ = await store.get_tasks(ids)
+            left = set(ids)
             out = []
-            for rec in recs:
-                if rec["id"] in left and rec["state"] in _FINAL_NAMES:
-                    left.discard(rec["id"])
-                    out.append(_line(summarize(rec)))
+            for tid in ids:
+                rec = found.get(tid)
+                if rec is None:
+                    out.append(_line({"id": tid, "error": "not found"}))
+                    left.discard(tid)
+                elif rec.is_final:
+                    out.append(_line(rec.summary()))
+                    left.discard(tid)
             if out:
                 yield b"".join(out)
-            if not left:
-                return
+            while left:
+                item = await updates.get()
+                items = [item]
+                while not updates.empty():
+                    items.append(updates.get_nowait())
+                out = []
+                for item in items:
+                    if isinstance(item, WatchReset):
+                        found, _ = await store.get_tasks(sorted(left))
+                        recs = [r.summary() for r in found.values() if r.is_final]
+                    elif any(m in item for m in _FINAL_MARKS):
+                        recs = [orjson.loads(item)]
+                    else:
+                        continue
+                    for rec in recs:
+                        if rec["id"] in left and rec["state"] in _FINAL_NAMES:
+                            left.discard(rec["id"])
+                            out.append(_line(summarize(rec)))
+                if out:
+                    yield b"".join(out)
     return StreamingResponse(gen(), media_type="application/x-ndjson")

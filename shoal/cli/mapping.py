@@ -12,7 +12,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from ..errors import InvalidSpec
-from ..logic.template import combine, fill
+from ..logic.template import as_command, combine, fill
 from ..model import TaskState, new_ids
 from .common import client_for
 from .output import Output, err_console, print_json
@@ -116,8 +116,13 @@ def register(app: typer.Typer) -> None:
 
 def _run(c, commands, combos, spec, job, keep_order, joblog, halt, show_bar, output) -> int:
     t0 = time.time()
-    ids = c.submit_many([dict(spec, command=cmd) for cmd in commands], job=job)
-    index = {tid: i for i, tid in enumerate(ids)}
+    ids: list[str] = []
+    index: dict[str, int] = {}
+
+    def submitted(chunk_ids):
+        for tid in chunk_ids:
+            index[tid] = len(ids)
+            ids.append(tid)
     done: dict[int, object] = {}
     next_print = 0
     failed = 0
@@ -131,8 +136,9 @@ def _run(c, commands, combos, spec, job, keep_order, joblog, halt, show_bar, out
     results = []
     try:
         with bar:
-            pt = bar.add_task("map", total=len(ids), failed=0)
-            for rec in c.as_finished(ids):
+            pt = bar.add_task("map", total=len(commands), failed=0)
+            for rec in c.run_many([dict(spec, command=as_command(cmd)) for cmd in commands], job=job,
+                                  on_submitted=submitted, keep_submitting=lambda: not halted):
                 i = index[rec.id]
                 done[i] = rec
                 ok = rec.state == TaskState.succeeded
@@ -148,7 +154,7 @@ def _run(c, commands, combos, spec, job, keep_order, joblog, halt, show_bar, out
                 else:
                     _emit(c, rec)
                 bar.update(pt, advance=1, failed=failed)
-                if halt and not halted and not ok and halt.reached(failed, len(done), len(ids)):
+                if halt and not halted and not ok and halt.reached(failed, len(done), len(commands)):
                     halted = True
                     _halt(c, ids, done, index, halt)
                     err_console.print(f"shoal map: halting after {failed} failure(s) ({halt.when}); "

@@ -124,6 +124,9 @@ def _signal_group(pgid: int, sig: int) -> None:
         pass
 
 
+_WRITE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+
+
 def log_paths(log_dir: Path, task_id: str, n: int) -> tuple[Path, Path]:
     """Files of attempt n, flat in the node's log directory (no directory per task)."""
     return log_dir / f"{task_id}.{n}.out", log_dir / f"{task_id}.{n}.err"
@@ -147,10 +150,12 @@ def start(spec: TaskSpec, task_id: str, n: int, log_dir: Path, node_id: str,
     env["SHOAL_ATTEMPT"] = str(n)
     env["SHOAL_NODE"] = node_id
     argv = spec.argv()
+    out = err = -1
     try:
-        with open(out_path, "wb") as out, open(err_path, "wb") as err:
-            proc = subprocess.Popen(argv, stdin=stdin, stdout=out, stderr=err, cwd=spec.cwd, env=env,
-                                    process_group=0, close_fds=True)
+        out = os.open(out_path, _WRITE, 0o644)
+        err = os.open(err_path, _WRITE, 0o644)
+        proc = subprocess.Popen(argv, stdin=stdin, stdout=out, stderr=err, cwd=spec.cwd, env=env,
+                                process_group=0, close_fds=True)
     except FileNotFoundError:
         raise SetupError(f"command not found on node {node_id}: {argv[0]!r}") from None
     except PermissionError:
@@ -160,6 +165,9 @@ def start(spec: TaskSpec, task_id: str, n: int, log_dir: Path, node_id: str,
     finally:
         if stdin is not subprocess.DEVNULL:
             stdin.close()
+        for fd in (out, err):
+            if fd >= 0:
+                os.close(fd)
     proc.returncode = 0  # waited on through the pidfd below; keep Popen's destructor quiet
     started = time.time()
     loop = asyncio.get_running_loop()

@@ -51,3 +51,16 @@ def combine(sources: list[list[str]]) -> list[tuple[str, ...]]:
     if not sources:
         return []
     return list(itertools.product(*sources))
+
+
+_SHELL_SYNTAX = set("|&;<>()$`\\\"' \t\n*?[]#~=%{}!")
+
+
+def as_command(line: str) -> list[str] | str:
+    """A filled template as argv when it is plain words (saves a shell per task), else
+    the string itself for /bin/sh -c. Same meaning either way: without quotes, globs,
+    variables or operators the shell would only have split it on spaces."""
+    words = line.split(" ")
+    if all(w and not (_SHELL_SYNTAX & set(w)) for w in words):
+        return words
+    return line

@@ -15,7 +15,8 @@ import uvicorn
 from ..errors import StoreUnavailable
 from ..model import NodeInfo
 from ..settings import NodeSettings, StoreSettings
-from ..store import Store
+from ..store.etcd import Store
+from .feed import TaskFeed
 from .reaper import Reaper
 from .scheduler import Scheduler
 
@@ -40,6 +41,7 @@ class Node:
                            store_settings.max_txn_ops, store_settings.retention_s)
         self.scheduler = Scheduler(settings, self.store)
         self.reaper = Reaper(self.store, settings.node_id)
+        self.feed = TaskFeed(self.store)
         self.lease = 0
         self.api_url = ""
         self.started_at = time.time()
@@ -99,6 +101,7 @@ class Node:
                 tg.create_task(self.scheduler.run())
                 tg.create_task(self._elect())
                 tg.create_task(self._reconcile())
+                tg.create_task(self.feed.run())
                 api_task = tg.create_task(api.serve(sockets=[self._sock]))
                 if ready is not None:
                     ready.set()

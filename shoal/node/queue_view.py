@@ -7,7 +7,7 @@ from itertools import islice
 from sortedcontainers import SortedDict
 
 from ..model import TaskRecord
-from ..store import KV
+from ..store.etcd import KV
 from ..store.etcd import decode
 
 

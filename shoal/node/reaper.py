@@ -7,13 +7,13 @@ import logging
 
 from aetcd.exceptions import ClientError
 
-from ..store import Store, WatchReset
+from ..store.etcd import Store, WatchReset
 
 log = logging.getLogger("shoal.reaper")
 
 
 class Reaper:
-    def __init__(self, store: Store, node_id: str, reconcile_every_s: float = 30.0):
+    def __init__(self, store: Store, node_id: str, reconcile_every_s: float = 300.0):
         self.store = store
         self.node_id = node_id
         self.reconcile_every_s = reconcile_every_s

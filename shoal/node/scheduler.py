@@ -14,7 +14,7 @@ from ..exec import attempt as run
 from ..logic import placement, transitions
 from ..model import Attempt, TaskRecord, TaskState
 from ..settings import NodeSettings
-from ..store import Claim, Completion, Store, WatchReset
+from ..store.etcd import Claim, Completion, Store, WatchReset
 from .queue_view import QueueView
 
 log = logging.getLogger("shoal.node")

@@ -1,5 +1,3 @@
 """The only code that talks to etcd: transactions for submit, claim, complete,
-requeue and cancel; watches that resume from a revision; leases and elections."""
-from .etcd import Store, KV, Completion, Claim, StepResult, WatchReset
-
-__all__ = ["Store", "KV", "Completion", "Claim", "StepResult", "WatchReset"]
+requeue and cancel; watches that resume from a revision; leases and elections.
+(`etcd` holds the client side, `server` how to run an etcd process.)"""
