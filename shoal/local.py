@@ -93,9 +93,10 @@ class LocalCluster:
         cfg = EtcdConfig(data_dir=str(self.home / "etcd"), client_port=free_port(), peer_port=free_port(),
                          fsync=self.fsync)
         etcd_log = self.home / "logs" / "etcd.log"
-        etcd_pid = spawn_daemon(cfg.argv(find_etcd()), str(etcd_log), env=self.env)
+        argv = cfg.argv(find_etcd())
+        etcd_pid = spawn_daemon(argv, str(etcd_log), env=self.env)
         st = {"home": str(self.home), "etcd": {"pid": etcd_pid, "url": cfg.client_url,
-                                                "data_dir": cfg.data_dir}, "nodes": [],
+                                                "data_dir": cfg.data_dir, "argv": argv}, "nodes": [],
               "started_at": time.time()}
         self._save(st)
         try:
@@ -127,6 +128,26 @@ class LocalCluster:
         st["nodes"].append(n)
         self._save(st)
         _wait_http(n["api"] + "/v1/health", time.monotonic() + timeout_s, n["pid"], f"node {n['id']}", Path(n["log"]))
+        return n
+
+    def stop_etcd(self, grace_s: float = 10.0) -> None:
+        """Stop only etcd (the nodes keep running and must ride it out)."""
+        st = self.state()
+        stop(st["etcd"]["pid"], grace_s)
+
+    def start_etcd(self, timeout_s: float = 30.0) -> None:
+        """Start etcd again on the same data directory and ports."""
+        st = self.state()
+        log = self.home / "logs" / "etcd.log"
+        st["etcd"]["pid"] = spawn_daemon(st["etcd"]["argv"], str(log), env=self.env)
+        self._save(st)
+        _wait_http(st["etcd"]["url"] + "/health", time.monotonic() + timeout_s, st["etcd"]["pid"], "etcd", log)
+
+    def kill_node(self, node_id: str, sig: int = 9) -> dict:
+        """Kill one node's process (SIGKILL by default) and wait until it is gone."""
+        st = self.state()
+        n = next(n for n in st["nodes"] if n["id"] == node_id)
+        stop(n["pid"], grace_s=5.0, sig=sig)
         return n
 
     def down(self, grace_s: float = 10.0) -> bool:
