@@ -203,3 +203,12 @@ def test_as_command_skips_the_shell_only_for_plain_words():
     assert as_command("echo 'a b'") == "echo 'a b'"
     assert as_command("ls *.txt") == "ls *.txt"
     assert as_command("a | b") == "a | b"
+
+
+def test_release_on_clean_shutdown_does_not_use_up_retries():
+    t = transitions.start_attempt(rec(retries=0), "n1", time.time())
+    a = Attempt(n=1, node="n1", state=TaskState.failed, signal=15)
+    t = transitions.release_attempt(t, a, {}, time.time())
+    assert t.state == TaskState.queued and t.attempts[0].reason == "node n1 shut down; requeued"
+    t = run_once(t, 1, node="n2")
+    assert t.state == TaskState.failed and t.reason == "exit code 1"  # one counted attempt, no retries

@@ -124,6 +124,7 @@ def create_app(node) -> FastAPI:
             etcd_ok = False
         return ojson({"ok": etcd_ok, "node": node.s.node_id, "api": node.api_url, "etcd": etcd_ok,
                       "reaper": node.is_reaper, "running": node.scheduler.busy(),
+                      "steps": node.scheduler.steps, "completed": node.scheduler.completed_total,
                       "version": __version__}, 200 if etcd_ok else 503)
 
     app.include_router(logs_router)

@@ -35,6 +35,19 @@ def finish_attempt(task: TaskRecord, result: Attempt, output: dict, now: float) 
     return _failed_attempt(task.model_copy(update=update), result.reason or _exit_words(result), now)
 
 
+def release_attempt(task: TaskRecord, result: Attempt, output: dict, now: float) -> TaskRecord:
+    """Its node shut down cleanly: back to the queue; this attempt does not count
+    against the task's retries."""
+    if task.cancel_requested:
+        return finish_attempt(task, result, output, now)
+    result = result.model_copy(update={"state": TaskState.failed,
+                                       "reason": f"node {result.node} shut down; requeued"})
+    attempts = [*task.attempts[:-1], result] if task.attempts else [result]
+    return task.model_copy(update={"attempts": attempts, **output, "state": TaskState.queued,
+                                   "released": task.released + 1, "reason": result.reason,
+                                   "not_before": None})
+
+
 def node_lost(task: TaskRecord, node: str, now: float) -> TaskRecord:
     """The node running the current attempt died (its lease expired)."""
     attempts = list(task.attempts)
@@ -60,11 +73,12 @@ def request_cancel(task: TaskRecord) -> TaskRecord:
 def _failed_attempt(task: TaskRecord, why: str, now: float) -> TaskRecord:
     """Retry if the policy allows, else fail for good. Attempts are numbered from 1;
     retries=2 means up to 3 attempts."""
-    if task.attempt <= task.spec.retries:
+    if task.attempt - task.released <= task.spec.retries:
         delay = retry_delay_s(float(task.spec.backoff), task.attempt)
         return task.model_copy(update={"state": TaskState.queued, "reason": f"retrying: {why}",
                                        "not_before": now + delay if delay else None})
-    tries = f" after {task.attempt} attempts" if task.attempt > 1 else ""
+    counted = task.attempt - task.released
+    tries = f" after {counted} attempts" if counted > 1 else ""
     return task.model_copy(update={"state": TaskState.failed, "finished_at": now,
                                    "reason": f"{why}{tries}"})
 

@@ -171,6 +171,7 @@ class TaskRecord(BaseModel):
     state: TaskState = TaskState.queued
     submitted_at: float
     attempt: int = 0                       # number of the current (or last) attempt
+    released: int = 0                      # attempts handed back by nodes shutting down (not counted)
     attempts: list[Attempt] = Field(default_factory=list)
     not_before: float | None = None        # retry backoff: not claimable before this time
     cancel_requested: bool = False

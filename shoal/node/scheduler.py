@@ -41,12 +41,14 @@ class Scheduler:
         self.lease = 0
         self.wake = asyncio.Event()
         self.accepting = True
+        self.draining = False
         self.completed_total = 0
         # claimed but not started: when the queue is deep a node claims a few tasks beyond
         # its free slots, so a finished attempt is replaced at once, not one txn later
         self.ready: deque[str] = deque()
         self.avg_runtime_s: float | None = None   # moving average of attempt run times
         self.base_env = dict(os.environ)   # copied once: os.environ decodes on every read
+        self.steps = 0
         self.last_rev = 0        # revision of the last step whose reply we processed
         self._retry_timer: asyncio.TimerHandle | None = None
 
@@ -135,6 +137,7 @@ class Scheduler:
                 self.wake.set()
                 continue
             self.last_rev = result.revision
+            self.steps += 1
             self._after_completions(completions, result)
             self._after_claims(claims, result)
             if self.finished or (claims and all(result.claimed)):
@@ -243,7 +246,10 @@ class Scheduler:
         took = max(0.0, res.finished_at - res.started_at)
         self.avg_runtime_s = took if self.avg_runtime_s is None else 0.9 * self.avg_runtime_s + 0.1 * took
         output = {f: getattr(res, f) for f in OUTPUT_FIELDS}
-        new = transitions.finish_attempt(r.record, attempt, output, res.finished_at)
+        if self.draining:
+            new = transitions.release_attempt(r.record, attempt, output, res.finished_at)
+        else:
+            new = transitions.finish_attempt(r.record, attempt, output, res.finished_at)
         self.finished[task_id] = (r, new)
         self.wake.set()
         if r.proc is not None:
@@ -262,14 +268,23 @@ class Scheduler:
         self.ready.clear()
 
     async def drain(self, grace_s: float) -> None:
-        """Stop claiming; kill running attempts and wait for them to exit."""
+        """Stop claiming; kill running attempts, wait for them to exit, and hand every
+        task we hold back to the queue without counting it against its retries."""
         self.accepting = False
-        self.ready.clear()
+        self.draining = True
+        while self.ready:
+            tid = self.ready.popleft()
+            now = time.time()
+            self._finish(tid, run.AttemptResult(None, None, now, now, 0.0, 0, reason="not started"))
         procs = [r.proc for r in self.running.values() if r.proc is not None]
         for p in procs:
-            p.kill("node shutting down", grace_s)
+            p.kill(f"node {self.s.node_id} shut down", grace_s)
         if procs:
             await asyncio.wait([p.done for p in procs], timeout=grace_s + 2)
+        deadline = time.monotonic() + 5
+        while self.finished and time.monotonic() < deadline:
+            self.wake.set()
+            await asyncio.sleep(0.02)
 
     async def reconcile(self) -> None:
         """Running keys of ours with no attempt here (a claim whose reply was lost)
