@@ -111,20 +111,22 @@ class LocalCluster:
             raise
         return st
 
-    def _start_node(self, etcd_url: str, node_id: str) -> dict:
+    def _start_node(self, etcd_url: str, node_id: str, node_args: list[str] | None = None) -> dict:
         port = free_port()
         log = self.home / "logs" / f"{node_id}.log"
         argv = [sys.executable, "-m", "shoal", "node", "--etcd", etcd_url, "--name", node_id,
                 "--api-port", str(port), "--home", str(self.home), "--lease-ttl", str(self.lease_ttl_s),
-                *self.node_args]
+                *(self.node_args if node_args is None else node_args)]
         pid = spawn_daemon(argv, str(log), env=self.env)
         return {"id": node_id, "pid": pid, "api": f"http://127.0.0.1:{port}", "log": str(log)}
 
-    def add_node(self, node_id: str | None = None, timeout_s: float = 30.0) -> dict:
+    def add_node(self, node_id: str | None = None, node_args: list[str] | None = None,
+                 timeout_s: float = 30.0) -> dict:
+        """Start one more node (with its own node_args, if given) and wait until it answers."""
         st = self.state()
         if st is None:
             raise ClusterError(f"no local cluster under {self.home}")
-        n = self._start_node(st["etcd"]["url"], node_id or f"node-{len(st['nodes']) + 1}")
+        n = self._start_node(st["etcd"]["url"], node_id or f"node-{len(st['nodes']) + 1}", node_args)
         st["nodes"].append(n)
         self._save(st)
         _wait_http(n["api"] + "/v1/health", time.monotonic() + timeout_s, n["pid"], f"node {n['id']}", Path(n["log"]))
