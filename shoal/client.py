@@ -24,7 +24,7 @@ from .model import TaskRecord, TaskSpec
 from .settings import shoal_home
 
 _ERRORS = {cls.__name__: cls for cls in (errors.InvalidSpec, errors.NotFound, errors.Conflict,
-                                         errors.TooLarge, errors.StoreUnavailable)}
+                                         errors.TooLarge, errors.StoreUnavailable, errors.StoreFull)}
 
 
 def _raise_for(resp: httpx.Response) -> None:

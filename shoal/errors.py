@@ -6,6 +6,7 @@
     ├── Conflict             the request does not fit the current state (cancel of a finished task)
     ├── TooLarge             a value over etcd's request limit, refused before sending
     ├── StoreUnavailable     etcd cannot be reached (says which address and what to try)
+    │   └── StoreFull        etcd refuses writes: its database hit its space quota
     ├── ClusterError         a local cluster could not be started or stopped
     └── TaskFailed           wait() on a task that ended failed, when asked to raise
 """
@@ -35,6 +36,10 @@ class TooLarge(ShoalError):
 
 
 class StoreUnavailable(ShoalError):
+    pass
+
+
+class StoreFull(StoreUnavailable):
     pass
 
 

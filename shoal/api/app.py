@@ -9,13 +9,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
 from .. import __version__
-from ..errors import Conflict, InvalidSpec, NotFound, ShoalError, StoreUnavailable, TooLarge
+from ..errors import Conflict, InvalidSpec, NotFound, ShoalError, StoreFull, StoreUnavailable, TooLarge
 from ..model import TaskRecord, TaskSpec, TaskState, new_ids
 from ..model.task import describe_errors
 from .logs import router as logs_router
 from .streams import router as streams_router
 
-STATUS = {InvalidSpec: 422, NotFound: 404, Conflict: 409, TooLarge: 413, StoreUnavailable: 503}
+STATUS = {InvalidSpec: 422, NotFound: 404, Conflict: 409, TooLarge: 413, StoreFull: 507,
+          StoreUnavailable: 503}
 
 
 def ojson(data, status: int = 200) -> Response:

@@ -40,11 +40,10 @@ class AttemptResult:
 def tail(path: Path, nbytes: int) -> tuple[str, int]:
     """The last `nbytes` of a file as text, and the file's full size."""
     try:
+        size = os.stat(path).st_size
+        if size == 0:  # the common case costs one stat, not an open
+            return "", 0
         with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            if size == 0:
-                return "", 0
             f.seek(max(0, size - nbytes))
             data = f.read()
     except OSError:
@@ -105,6 +104,8 @@ class Attempt:
         err, err_size = tail(self.err_path, self.tail_bytes)
         code = os.waitstatus_to_exitcode(status)
         sig = -code if code < 0 else None
+        if code != 0 and not self._kill_reason and _disk_full(self.out_path):
+            self._kill_reason = f"exit code {code}; the node's log disk ({self.out_path.parent}) is full"
         result = AttemptResult(
             exit_code=None if sig else code, signal=sig, started_at=self.started_at,
             finished_at=time.time(),
@@ -115,6 +116,13 @@ class Attempt:
             killed=self._kill_reason is not None and not self._timed_out)
         if not self.done.done():
             self.done.set_result(result)
+
+
+def _disk_full(path: Path) -> bool:
+    try:
+        return os.statvfs(path.parent).f_bavail == 0
+    except OSError:
+        return False
 
 
 def _signal_group(pgid: int, sig: int) -> None:

@@ -18,7 +18,7 @@ from aetcd.exceptions import RevisionCompactedError
 from aetcd.utils import prefix_range_end
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
-from ..errors import Conflict, NotFound, StoreUnavailable, TooLarge
+from ..errors import Conflict, NotFound, StoreFull, StoreUnavailable, TooLarge
 from ..model import NodeInfo, TaskRecord, TaskState
 from ..model.keys import Keys
 from ..logic import transitions
@@ -186,6 +186,11 @@ class Store:
         try:
             return await fn(*args, timeout=self.timeout_s, **kw)
         except rpc.AioRpcError as e:
+            if e.code() == rpc.StatusCode.RESOURCE_EXHAUSTED:
+                raise StoreFull(
+                    f"etcd at {', '.join(self.endpoints)} refuses writes: {e.details()}. Free space with "
+                    "`etcdctl compact` + `etcdctl defrag` and `etcdctl alarm disarm`, raise its "
+                    "--quota-backend-bytes, or keep finished tasks for less time (--retention)") from None
             aetcd.exceptions._handle_exception(e)
 
     async def _txn(self, compare, success, failure=(), retry: bool = True):
