@@ -106,3 +106,40 @@ def test_clean_shutdown_hands_running_work_to_another_node(make_cluster):
             if r.id in on_first:
                 assert r.attempts[0].reason == "node node-1 shut down; requeued"
                 assert r.node == "node-2"
+
+
+def test_node_that_loses_its_lease_kills_its_attempts_and_registers_again(make_cluster, tmp_path):
+    import asyncio
+    import os
+
+    from shoal.store.etcd import Store
+    cluster = make_cluster(nodes=1, lease_ttl_s=3)
+    pids = tmp_path / "pids"
+    with shoal.connect(cluster.address) as c:
+        t = c.submit(f"echo $$ >> {pids}; exec sleep 60", retries=1, backoff=0)
+        wait_until(lambda: pids.exists() and pids.read_text().strip(), timeout_s=30)
+        first_pid = int(pids.read_text().split()[0])
+        old_lease = c.nodes()[0]["lease"]
+
+        async def revoke():
+            store = Store([cluster.state()["etcd"]["url"]])
+            try:
+                await store.revoke_lease(old_lease)
+            finally:
+                await store.close()
+        asyncio.run(revoke())
+
+        # fenced: the first attempt's process is killed, the node is back under a new lease
+        def first_gone():
+            try:
+                os.kill(first_pid, 0)
+                return False
+            except ProcessLookupError:
+                return True
+        wait_until(first_gone, timeout_s=10)
+        wait_until(lambda: [n for n in c.nodes() if n["lease"] != old_lease], timeout_s=10)
+        # and the reaper ran the task again
+        rec = wait_until(lambda: (r := c.get(t.id)).attempt == 2 and r.state.value == "running" and r, timeout_s=15)
+        assert rec.attempts[0].reason == "node node-1 was lost"
+        c.cancel(t.id)
+        assert c.wait(t.id, timeout=30).state.value == "cancelled"

@@ -170,19 +170,21 @@ class Store:
     async def close(self) -> None:
         await self._client.close()
 
-    async def _call(self, fn, *args, retry: bool = True, **kw):
+    async def _call(self, method: str, *args, retry: bool = True, **kw):
         """Run one etcd RPC; ride out etcd restarts and leader changes for retry_for_s."""
         if not retry:
-            return await self._rpc(fn, *args, **kw)
+            return await self._rpc(method, *args, **kw)
         async for attempt in AsyncRetrying(
                 retry=retry_if_exception_type(_TRANSIENT), reraise=True,
                 stop=stop_after_delay(self.retry_for_s),
                 wait=wait_exponential(multiplier=0.05, max=1.0)):
             with attempt:
-                return await self._rpc(fn, *args, **kw)
+                return await self._rpc(method, *args, **kw)
 
-    async def _rpc(self, fn, *args, **kw):
+    async def _rpc(self, method: str, *args, **kw):
         await self._client.connect()
+        stub, name = method.split(".")
+        fn = getattr(getattr(self._client, stub), name)  # stubs exist only once connected
         try:
             return await fn(*args, timeout=self.timeout_s, **kw)
         except rpc.AioRpcError as e:
@@ -195,7 +197,7 @@ class Store:
 
     async def _txn(self, compare, success, failure=(), retry: bool = True):
         req = rpc.TxnRequest(compare=compare, success=success, failure=list(failure))
-        return await self._call(self._client.kvstub.Txn, req, retry=retry)
+        return await self._call("kvstub.Txn", req, retry=retry)
 
     async def _range(self, key: bytes, range_end: bytes | None = None, limit: int = 0,
                      descend: bool = False, revision: int = 0, keys_only: bool = False):
@@ -205,7 +207,7 @@ class Store:
         if descend:
             req.sort_order = rpc.RangeRequest.DESCEND
             req.sort_target = rpc.RangeRequest.KEY
-        resp = await self._call(self._client.kvstub.Range, req)
+        resp = await self._call("kvstub.Range", req)
         return [_kv(kv) for kv in resp.kvs], resp.more, resp.header.revision
 
     async def get_prefix(self, prefix: bytes, limit: int = 0) -> tuple[list[KV], bool, int]:
@@ -214,7 +216,7 @@ class Store:
     # -- leases -------------------------------------------------------------------
 
     async def grant_lease(self, ttl_s: int) -> int:
-        resp = await self._call(self._client.leasestub.LeaseGrant, rpc.LeaseGrantRequest(TTL=ttl_s, ID=0))
+        resp = await self._call("leasestub.LeaseGrant", rpc.LeaseGrantRequest(TTL=ttl_s, ID=0))
         return resp.ID
 
     async def keepalive(self, lease: int) -> int:
@@ -230,7 +232,7 @@ class Store:
 
     async def revoke_lease(self, lease: int) -> None:
         try:
-            await self._call(self._client.leasestub.LeaseRevoke, rpc.LeaseRevokeRequest(ID=lease), retry=False)
+            await self._call("leasestub.LeaseRevoke", rpc.LeaseRevokeRequest(ID=lease), retry=False)
         except ClientError:
             pass
 
@@ -250,11 +252,11 @@ class Store:
     # -- nodes --------------------------------------------------------------------
 
     async def put_node(self, info: NodeInfo, lease: int) -> None:
-        await self._call(self._client.kvstub.Put, rpc.PutRequest(
+        await self._call("kvstub.Put", rpc.PutRequest(
             key=self.keys.node(info.id), value=info.model_dump_json().encode(), lease=lease))
 
     async def delete_node(self, node_id: str) -> None:
-        await self._call(self._client.kvstub.DeleteRange, rpc.DeleteRangeRequest(key=self.keys.node(node_id)))
+        await self._call("kvstub.DeleteRange", rpc.DeleteRangeRequest(key=self.keys.node(node_id)))
 
     async def nodes(self) -> list[NodeInfo]:
         kvs, _, _ = await self.get_prefix(self.keys.nodes)
