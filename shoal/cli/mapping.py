@@ -142,7 +142,7 @@ def _run(c, commands, combos, spec, job, keep_order, joblog, halt, show_bar, out
                 i = index[rec.id]
                 done[i] = rec
                 ok = rec.state == TaskState.succeeded
-                failed += 0 if ok else 1
+                failed += rec.state == TaskState.failed  # cancelled by --halt is not a failure
                 if log:
                     _joblog_line(log, i + 1, rec, commands[i])
                 if output == Output.json:

@@ -73,6 +73,8 @@ class Node:
     def bind(self) -> None:
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # accepted sockets inherit this: no 40 ms Nagle/delayed-ACK stalls on small replies
+        self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._sock.bind((self.s.api_host, self.s.api_port))
         self._sock.listen(1024)
         self._sock.setblocking(False)
