@@ -8,6 +8,7 @@ import functools
 import inspect
 import os
 import queue
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, AsyncIterator, Iterable
@@ -39,6 +40,21 @@ def _raise_for(resp: httpx.Response) -> None:
     if cls is InvalidSpec:
         raise InvalidSpec(body.get("problems") or [body.get("message", "")])
     raise cls(body.get("message", resp.text))
+
+
+def check_specs(rows: list[dict]) -> None:
+    """Validate every row; one InvalidSpec naming each problem with its index. The same
+    problem in many rows (a map with a bad option) is said once, with how many it hit."""
+    seen: dict[str, list[int]] = {}
+    for i, row in enumerate(rows):
+        try:
+            TaskSpec.parse(row)
+        except InvalidSpec as e:
+            for p in e.problems:
+                seen.setdefault(p, []).append(i)
+    if seen:
+        raise InvalidSpec([f"tasks[{at[0]}].{p}" if len(at) == 1 else
+                           f"tasks[{at[0]}] and {len(at) - 1} more: {p}" for p, at in seen.items()])
 
 
 class AsyncClient:
@@ -85,17 +101,18 @@ class AsyncClient:
                           chunk: int = 1000) -> list[str]:
         """Submit many tasks; returns their ids in order. Each chunk is all-or-nothing."""
         rows = [s.model_dump(mode="json", exclude_defaults=True) if isinstance(s, TaskSpec) else s for s in specs]
-        problems = []
-        for i, row in enumerate(rows):
-            try:
-                TaskSpec.parse(row)
-            except InvalidSpec as e:
-                problems.extend(f"tasks[{i}].{p}" for p in e.problems)
-        if problems:
-            raise InvalidSpec(problems)
+        check_specs(rows)
         ids: list[str] = []
         for i in range(0, len(rows), chunk):
-            body = await self._json("POST", "/v1/tasks/batch", json={"tasks": rows[i:i + chunk], "job": job})
+            try:
+                body = await self._json("POST", "/v1/tasks/batch", json={"tasks": rows[i:i + chunk], "job": job})
+            except InvalidSpec as e:  # the server counts within the chunk: name the index in `specs`
+                err = InvalidSpec([re.sub(r"^tasks\[(\d+)\]", lambda m: f"tasks[{i + int(m.group(1))}]", p)
+                                   for p in e.problems]
+                                  + ([f"(tasks[0] to tasks[{i - 1}] were already submitted: their ids are "
+                                      "in this error's submitted_ids)"] if ids else []))
+                err.submitted_ids = ids
+                raise err from None
             ids.extend(body["ids"])
         return ids
 
@@ -105,14 +122,7 @@ class AsyncClient:
         another while earlier ones already run, so a long list starts at once.
         `on_submitted(ids)` is called with each chunk's ids as they are accepted; when
         `keep_submitting()` turns false the rest is not submitted (nor waited for)."""
-        problems = []
-        for i, row in enumerate(specs):
-            try:
-                TaskSpec.parse(row)
-            except InvalidSpec as e:
-                problems.extend(f"tasks[{i}].{p}" for p in e.problems)
-        if problems:
-            raise InvalidSpec(problems)
+        check_specs(specs)
         results: asyncio.Queue = asyncio.Queue()
         pending = len(specs)
 
@@ -149,8 +159,10 @@ class AsyncClient:
     async def get(self, task_id: str) -> TaskRecord:
         return TaskRecord.model_validate(await self._json("GET", f"/v1/tasks/{task_id}"))
 
-    async def cancel(self, task_id: str) -> TaskRecord:
-        return TaskRecord.model_validate(await self._json("POST", f"/v1/tasks/{task_id}/cancel"))
+    async def cancel(self, task_id: str, unstarted_only: bool = False) -> TaskRecord:
+        """Cancel a task; with unstarted_only=True only if its process has not started."""
+        params = {"unstarted_only": "true"} if unstarted_only else None
+        return TaskRecord.model_validate(await self._json("POST", f"/v1/tasks/{task_id}/cancel", params=params))
 
     async def list(self, state: str | None = None, name: str | None = None, job: str | None = None,
                    team: str | None = None, node: str | None = None, limit: int = 100,
@@ -184,10 +196,13 @@ class AsyncClient:
         single = not isinstance(task, list)
         ids = [t.id if isinstance(t, TaskRecord) else t for t in ([task] if single else task)]
         done: dict[str, TaskRecord] = {}
-        async for rec in self.as_finished(ids, timeout):
-            done[rec.id] = rec
-            if raise_on_failure and rec.state.value != "succeeded":
-                raise errors.TaskFailed(rec)
+        # close the stream here when raising: left open, its cancel scope would be exited
+        # later from another task, which breaks the caller's task (and the sync portal)
+        async with contextlib.aclosing(self.as_finished(ids, timeout)) as finished:
+            async for rec in finished:
+                done[rec.id] = rec
+                if raise_on_failure and rec.state.value != "succeeded":
+                    raise errors.TaskFailed(rec)
         out = [done[i] for i in ids]
         return out[0] if single else out
 

@@ -50,4 +50,4 @@ class ClusterError(ShoalError):
 class TaskFailed(ShoalError):
     def __init__(self, task):
         self.task = task
-        super().__init__(f"task {task.id} ended {task.state}: {task.reason_text()}")
+        super().__init__(f"task {task.id} ended {getattr(task.state, 'value', task.state)}: {task.reason_text()}")

@@ -46,13 +46,13 @@ def create_app(node) -> FastAPI:
         errs = [dict(err, loc=tuple(err["loc"])[1:]) for err in e.errors()]
         return ojson(error_body(InvalidSpec(describe_errors(errs))), 422)
 
-    def records_for(specs: list[dict], job: str | None) -> list[TaskRecord]:
+    def records_for(specs: list[dict], job: str | None, batch: bool = False) -> list[TaskRecord]:
         problems, parsed = [], []
         for i, raw in enumerate(specs):
             try:
                 parsed.append(TaskSpec.parse(raw, node.s.max_retries))
             except InvalidSpec as e:
-                where = f"tasks[{i}]." if len(specs) > 1 else ""
+                where = f"tasks[{i}]." if batch else ""
                 problems.extend(where + p for p in e.problems)
         if problems:
             raise InvalidSpec(problems)
@@ -75,7 +75,7 @@ def create_app(node) -> FastAPI:
         """Submit many tasks at once (validated together: all or none). Returns their ids in order."""
         if not tasks:
             raise InvalidSpec(["tasks: empty (give at least one task)"])
-        records = records_for(tasks, job)
+        records = records_for(tasks, job, batch=True)
         await store.submit(records)
         return ojson({"ids": [r.id for r in records], "job": job}, 201)
 
@@ -100,9 +100,10 @@ def create_app(node) -> FastAPI:
         return ojson({"tasks": [r.summary() for r in records], "next": cursor})
 
     @app.post("/v1/tasks/{task_id}/cancel", tags=["tasks"])
-    async def cancel(task_id: str):
-        """Cancel a task: a queued one at once, a running one by killing its process group."""
-        rec = await store.cancel(task_id)
+    async def cancel(task_id: str, unstarted_only: bool = False):
+        """Cancel a task: a queued one at once, a running one by killing its process group.
+        `unstarted_only=true` leaves a task whose process has started alone (--halt soon)."""
+        rec = await store.cancel(task_id, unstarted_only)
         return ojson(rec.summary())
 
     @app.get("/v1/nodes", tags=["cluster"])

@@ -178,16 +178,12 @@ def _emit(c, rec) -> None:
 
 
 def _halt(c, ids, done, index, halt: Halt) -> None:
-    """Cancel what has not ended: queued ones (soon), or also running ones (now)."""
+    """Cancel what has not ended: what has not started (soon; a node may have claimed
+    some ahead, so only it knows which), or also what runs (now)."""
     pending = [tid for tid in ids if index[tid] not in done]
     for tid in pending:
         try:
-            if halt.when == "now":
-                c.cancel(tid)
-            else:
-                rec = c.get(tid)
-                if rec.state in (TaskState.queued, TaskState.waiting, TaskState.held):
-                    c.cancel(tid)
+            c.cancel(tid, unstarted_only=halt.when != "now")
         except Exception:
             pass  # it ended meanwhile
 

@@ -27,7 +27,7 @@ class AttemptResult:
     started_at: float
     finished_at: float
     cpu_s: float
-    max_rss_bytes: int
+    max_rss_bytes: int | None
     stdout_tail: str = ""
     stderr_tail: str = ""
     stdout_bytes: int = 0
@@ -67,6 +67,7 @@ class Attempt:
     _kill_reason: str | None = None
     _timed_out: bool = False
     _limit: MemoryLimit | None = None
+    parent_peak_rss: int = 0
 
     def kill(self, reason: str, grace_s: float) -> None:
         """SIGTERM the group now, SIGKILL it after grace_s if it is still there."""
@@ -81,6 +82,18 @@ class Attempt:
         if not self.done.done():
             self._timed_out = True
             self.kill(f"timed out after {timeout_s:g}s", grace_s)
+
+    def _max_rss(self, ru) -> int | None:
+        """The attempt's peak RSS. Linux folds the spawning process's own peak into a
+        child's ru_maxrss (the exec'd image replaces a vfork'd copy of the node), so a
+        figure at or below the node's peak says nothing: use the cgroup's peak then, if
+        the attempt had one, else report it unknown rather than the node's size."""
+        rss = ru.ru_maxrss * 1024 if ru else 0
+        if rss > self.parent_peak_rss:
+            return rss
+        if self._limit is not None:
+            return self._limit.peak_bytes()
+        return None
 
     def _on_exit(self) -> None:
         try:
@@ -110,12 +123,31 @@ class Attempt:
             exit_code=None if sig else code, signal=sig, started_at=self.started_at,
             finished_at=time.time(),
             cpu_s=round(ru.ru_utime + ru.ru_stime, 6) if ru else 0.0,
-            max_rss_bytes=(ru.ru_maxrss * 1024) if ru else 0,
+            max_rss_bytes=self._max_rss(ru),
             stdout_tail=out, stderr_tail=err, stdout_bytes=out_size, stderr_bytes=err_size,
             reason=self._kill_reason, timed_out=self._timed_out,
             killed=self._kill_reason is not None and not self._timed_out)
         if not self.done.done():
             self.done.set_result(result)
+
+
+_peak = [0.0, 0]  # (read at, bytes)
+
+
+def _own_peak_rss() -> int:
+    """This process's peak RSS (VmHWM), re-read at most once a second."""
+    now = time.monotonic()
+    if now - _peak[0] > 1.0:
+        try:
+            with open("/proc/self/status", "rb") as f:
+                for line in f:
+                    if line.startswith(b"VmHWM:"):
+                        _peak[1] = int(line.split()[1]) * 1024
+                        break
+        except OSError:
+            pass
+        _peak[0] = now
+    return _peak[1]
 
 
 def _disk_full(path: Path) -> bool:
@@ -179,7 +211,8 @@ def start(spec: TaskSpec, task_id: str, n: int, log_dir: Path, node_id: str,
     proc.returncode = 0  # waited on through the pidfd below; keep Popen's destructor quiet
     started = time.time()
     loop = asyncio.get_running_loop()
-    att = Attempt(task_id, n, proc.pid, started, out_path, err_path, tail_bytes, loop.create_future())
+    att = Attempt(task_id, n, proc.pid, started, out_path, err_path, tail_bytes, loop.create_future(),
+                  parent_peak_rss=_own_peak_rss())
     if spec.memory:
         att._limit = MemoryLimit.apply(proc.pid, spec.memory, f"{task_id}-{n}")
     att._pidfd = os.pidfd_open(proc.pid)

@@ -60,6 +60,16 @@ class MemoryLimit:
             pass
         return cls(None)
 
+    def peak_bytes(self) -> int | None:
+        if self.path is None:
+            return None
+        for name in ("memory.max_usage_in_bytes", "memory.peak"):
+            try:
+                return int((self.path / name).read_text())
+            except (OSError, ValueError):
+                continue
+        return None
+
     def oom_killed(self) -> bool:
         if self.path is None:
             return False

@@ -124,6 +124,9 @@ def describe_errors(e: ValidationError | list[dict], prefix: str = "") -> list[s
         field = loc.split(".")[0] if loc else ""
         where = prefix + (loc or "task")
         got = err.get("input")
+        if err["type"] == "json_invalid":
+            out.append(f"body: not valid JSON ({err.get('ctx', {}).get('error', 'could not parse')})")
+            continue
         if err["type"] == "extra_forbidden":
             out.append(f"{where}: unknown field (known fields: {', '.join(TaskSpec.model_fields)})")
             continue
@@ -197,6 +200,14 @@ class TaskRecord(BaseModel):
     @property
     def started_at(self) -> float | None:
         return self.last.started_at if self.last else None
+
+    @property
+    def cpu_s(self) -> float | None:
+        return self.last.cpu_s if self.last else None
+
+    @property
+    def max_rss_bytes(self) -> int | None:
+        return self.last.max_rss_bytes if self.last else None
 
     @property
     def is_final(self) -> bool:

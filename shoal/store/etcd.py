@@ -387,9 +387,11 @@ class Store:
 
     # -- cancel, requeue ---------------------------------------------------------------
 
-    async def cancel(self, task_id: str) -> TaskRecord:
+    async def cancel(self, task_id: str, unstarted_only: bool = False) -> TaskRecord:
         """Queued: cancelled at once. Running: flagged, and the node running it is told
-        through cancel/<node>/<id> (under the node's lease). Finished: Conflict."""
+        through cancel/<node>/<id> (under the node's lease). Finished: Conflict.
+        `unstarted_only`: a running task is only cancelled if its node claimed it ahead
+        and has not started its process yet (the node decides; the record stays as is)."""
         k = self.keys
         for _ in range(20):
             rec, rev = await self.get_task(task_id)
@@ -401,6 +403,13 @@ class Store:
                 lease = await self._retention_lease()
                 resp = await self._txn([_cmp(k.task(task_id), "MOD", rev)], [
                     _delete(k.queue(rec.spec.priority, task_id)), _put(k.task(task_id), encode(new), lease)])
+            elif unstarted_only:
+                node = await self.node(rec.node or "")
+                if node is None or rec.cancel_requested:
+                    return rec
+                new = rec
+                resp = await self._txn([_cmp(k.task(task_id), "MOD", rev)],
+                                       [_put(k.cancel(node.id, task_id), b"unstarted", node.lease)])
             else:
                 node = await self.node(rec.node or "")
                 new = transitions.request_cancel(rec)

@@ -1,0 +1,340 @@
+"""The `shoal` command as a user runs it: a subprocess per command, against a real local
+cluster found through SHOAL_HOME; exit codes, printed output, and `Error:` messages."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import psutil
+import pytest
+
+from shoal.local import LocalCluster
+
+pytestmark = pytest.mark.cluster
+
+ID = re.compile(r"^t[0-9a-z]{18}$")
+
+
+def shoal_env(home: Path) -> dict:
+    env = dict(os.environ)
+    env["SHOAL_HOME"] = str(home)
+    env.pop("SHOAL_ADDRESS", None)
+    env.pop("SHOAL_ETCD", None)
+    env["COLUMNS"] = "200"
+    return env
+
+
+def run(home: Path, *args: str, timeout: float = 180, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "shoal", *args], env=shoal_env(home), cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def assert_clean_error(p: subprocess.CompletedProcess, *words: str) -> None:
+    assert p.returncode != 0, p
+    assert p.stderr.startswith("Error: "), p.stderr
+    assert "Traceback" not in p.stderr + p.stdout, p.stderr
+    for w in words:
+        assert w in p.stderr, (w, p.stderr)
+
+
+@pytest.fixture(scope="module")
+def home():
+    """One single-node cluster for the module; the CLI finds it through SHOAL_HOME."""
+    h = Path(tempfile.mkdtemp(prefix="shoal-test-cli-"))
+    c = LocalCluster(h, nodes=1, lease_ttl_s=5)
+    try:
+        c.up(timeout_s=120)
+        yield h
+    finally:
+        c.destroy()
+
+
+@pytest.fixture
+def sh(home):
+    """Run `shoal ARGS...` against the module's cluster."""
+    return lambda *args, **kw: run(home, *args, **kw)
+
+
+def job_tasks(sh, job: str) -> list[dict]:
+    p = sh("ls", "--job", job, "--limit", "1000", "-o", "json")
+    assert p.returncode == 0, p.stderr
+    return json.loads(p.stdout)
+
+
+# -- up / down -------------------------------------------------------------------------------
+
+@pytest.mark.timeout(300)
+def test_up_twice_is_harmless_and_down_stops_it(tmp_path):
+    home = tmp_path / "home"
+    pids: list[int] = []
+    try:
+        first = run(home, "up", "-o", "json")
+        assert first.returncode == 0, first.stderr
+        st = json.loads(first.stdout)
+        pids = [st["etcd"]["pid"]] + [n["pid"] for n in st["nodes"]]
+        assert all(psutil.pid_exists(p) for p in pids)
+
+        second = run(home, "up")
+        assert second.returncode == 0, second.stderr
+        assert "already running" in second.stdout
+        for n in st["nodes"]:
+            assert f"pid {n['pid']}" in second.stdout and n["api"] in second.stdout
+
+        third = run(home, "up", "-o", "json")
+        st3 = json.loads(third.stdout)
+        assert [st3["etcd"]["pid"]] + [n["pid"] for n in st3["nodes"]] == pids
+
+        submitted = run(home, "submit", "--wait", "--", "echo", "up-ok")
+        assert submitted.returncode == 0 and submitted.stdout == "up-ok\n"
+    finally:
+        down = run(home, "down")
+        if down.returncode != 0:
+            LocalCluster(home).down()
+    assert down.returncode == 0, down.stderr
+    assert "stopped" in down.stdout
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(_running(p) for p in pids):
+        time.sleep(0.1)
+    assert not any(_running(p) for p in pids)
+    again = run(home, "down")
+    assert again.returncode == 0 and "no shoal cluster was running" in again.stdout
+
+
+def _running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_commands_say_how_to_start_a_cluster_when_none_runs(tmp_path):
+    p = run(tmp_path, "ls")
+    assert_clean_error(p, "no shoal cluster is running", "shoal up")
+
+
+# -- submit, status, ls, logs, cancel, nodes ----------------------------------------------------
+
+def test_submit_prints_an_id_then_status_ls_logs_and_cancel(sh):
+    p = sh("submit", "--name", "cli-hi", "--", "echo", "hi")
+    assert p.returncode == 0, p.stderr
+    tid = p.stdout.strip()
+    assert ID.match(tid), p.stdout
+
+    waited = sh("wait", tid)
+    assert waited.returncode == 0, waited.stderr
+
+    p = sh("status", tid, "-o", "json")
+    assert p.returncode == 0, p.stderr
+    st = json.loads(p.stdout)
+    assert st["id"] == tid and st["state"] == "succeeded" and st["exit_code"] == 0
+    assert st["spec"]["command"] == ["echo", "hi"] and st["spec"]["name"] == "cli-hi"
+    assert st["stdout_tail"] == "hi\n" and st["node"] == "node-1"
+
+    p = sh("status", tid)
+    assert p.returncode == 0 and tid in p.stdout and "succeeded" in p.stdout and "echo hi" in p.stdout
+
+    p = sh("ls", "--state", "succeeded", "-o", "json")
+    assert p.returncode == 0, p.stderr
+    rows = json.loads(p.stdout)
+    assert tid in [r["id"] for r in rows]
+    assert all(r["state"] == "succeeded" for r in rows)
+    p = sh("ls", "--name", "cli-hi")
+    assert p.returncode == 0 and tid in p.stdout
+
+    p = sh("logs", tid)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == "hi\n"
+
+    p = sh("cancel", tid)
+    assert_clean_error(p, tid, "already ended succeeded", "nothing to cancel")
+
+
+def test_submit_a_shell_string(sh):
+    p = sh("submit", "--wait", "echo $((6*7)) | tr 4 X")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == "X2\n"
+
+
+def test_submit_wait_prints_output_and_exits_with_the_tasks_code(sh):
+    p = sh("submit", "--wait", "--", "sh", "-c", "echo out; echo err >&2; exit 3")
+    assert p.returncode == 3, p
+    assert p.stdout == "out\n"
+    assert "err\n" in p.stderr and "exit code 3" in p.stderr
+    assert "Traceback" not in p.stderr
+
+
+def test_submit_wait_prints_the_whole_output_not_only_the_tail(sh):
+    p = sh("submit", "--wait", "--", "seq", "1", "5000")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == "".join(f"{i}\n" for i in range(1, 5001))
+
+
+def test_cancel_a_running_task(sh):
+    p = sh("submit", "--", "sleep", "60")
+    tid = p.stdout.strip()
+    assert ID.match(tid), p
+    p = sh("cancel", tid)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith(f"{tid}: cancel")
+    p = sh("wait", tid, "-o", "json")
+    assert p.returncode == 1
+    assert json.loads(p.stdout)[0]["state"] == "cancelled"
+
+
+def test_bad_input_is_an_error_without_traceback(sh):
+    p = sh("submit", "--memory", "2 gigs", "--", "true")
+    assert_clean_error(p, "memory", "2 gigs", "512M")
+    p = sh("submit", "--env", "NOEQUALS", "--", "true")
+    assert_clean_error(p, "--env", "NAME=VALUE")
+
+
+def test_logs_and_status_of_an_unknown_id_are_errors(sh):
+    for cmd in ("logs", "status", "cancel"):
+        p = sh(cmd, "t0000000000nosuchid")
+        assert_clean_error(p, "no task", "t0000000000nosuchid")
+
+
+def test_nodes_json(sh):
+    p = sh("nodes", "-o", "json")
+    assert p.returncode == 0, p.stderr
+    nodes = json.loads(p.stdout)
+    assert len(nodes) == 1
+    n = nodes[0]
+    for key in ("id", "host", "pid", "api", "machine_type", "cpus", "free_cpus", "running", "heartbeat_age_s"):
+        assert key in n, key
+    assert n["id"] == "node-1" and n["api"].startswith("http://127.0.0.1:") and psutil.pid_exists(n["pid"])
+    assert n["machine_type"] == "local" and n["cpus"] > 0 and 0 <= n["free_cpus"] <= n["cpus"]
+    assert n["running"] >= 0 and n["heartbeat_age_s"] >= 0
+    p = sh("nodes")
+    assert p.returncode == 0 and "node-1" in p.stdout
+
+
+# -- map ---------------------------------------------------------------------------------------
+
+def test_map_keep_order(sh, tmp_path):
+    p = sh("map", "-k", "echo {}", ":::", "c", "a", "b", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.splitlines() == ["c", "a", "b"]
+
+
+def test_map_every_combination_of_two_sources(sh, tmp_path):
+    p = sh("map", "-k", "echo {1}-{2}", ":::", "a", "b", ":::", "1", "2", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.splitlines() == ["a-1", "a-2", "b-1", "b-2"]
+
+
+def test_map_without_placeholder_appends_the_input(sh, tmp_path):
+    p = sh("map", "-k", "echo pre", ":::", "x", "y z", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.splitlines() == ["pre x", "pre y z"]
+
+
+def test_map_reads_inputs_from_a_file(sh, tmp_path):
+    f = tmp_path / "inputs.txt"
+    f.write_text("one\ntwo words\n\nthree\n")
+    p = sh("map", "-k", "echo [{}]", "::::", str(f), cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.splitlines() == ["[one]", "[two words]", "[three]"]
+    p = sh("map", "echo {}", "::::", str(tmp_path / "missing.txt"), cwd=tmp_path)
+    assert_clean_error(p, "missing.txt")
+
+
+def test_map_joblog(sh, tmp_path):
+    log = tmp_path / "joblog"
+    p = sh("map", "--joblog", str(log), "sh -c 'exit {}'", ":::", "0", "1", "2", cwd=tmp_path)
+    assert p.returncode == 2, p
+    lines = log.read_text().splitlines()
+    assert lines[0].split("\t") == ["Seq", "Host", "Starttime", "JobRuntime", "Send", "Receive", "Exitval",
+                                    "Signal", "Command"]
+    rows = sorted((line.split("\t") for line in lines[1:]), key=lambda r: int(r[0]))
+    assert len(rows) == 3
+    for i, row in enumerate(rows):
+        assert len(row) == 9, row
+        seq, host, start, runtime, send, receive, exitval, sig, command = row
+        assert int(seq) == i + 1 and host == "node-1"
+        assert float(start) > 0 and float(runtime) >= 0
+        assert int(exitval) == i and int(sig) == 0
+        assert command == f"sh -c 'exit {i}'"
+
+
+def test_map_exit_status_is_the_number_of_failures(sh, tmp_path):
+    p = sh("map", "test {} -lt 2", ":::", "1", "2", "3", "0", cwd=tmp_path)
+    assert p.returncode == 2, p
+    assert "Traceback" not in p.stderr
+
+
+def test_map_retries(sh, tmp_path):
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    job = f"retry-{uuid.uuid4().hex[:8]}"
+    cmd = f"sh -c 'test -e {marks}/x.{{}} || {{ touch {marks}/x.{{}}; exit 1; }}; echo ok {{}}'"
+    p = sh("map", "-k", "--retries", "2", "--backoff", "0", "--job", job, cmd, ":::", "1", "2", cwd=tmp_path)
+    assert p.returncode == 0, p
+    assert p.stdout.splitlines() == ["ok 1", "ok 2"]
+    recs = job_tasks(sh, job)
+    assert len(recs) == 2
+    for r in recs:
+        assert r["state"] == "succeeded" and r["attempt"] == 2
+        assert [a["exit_code"] for a in r["attempts"]] == [1, 0]
+    # without retries the same command fails once per input
+    marks2 = tmp_path / "marks2"
+    marks2.mkdir()
+    p = sh("map", cmd.replace(str(marks), str(marks2)), ":::", "1", "2", cwd=tmp_path)
+    assert p.returncode == 2
+
+
+def test_map_output_json(sh, tmp_path):
+    p = sh("map", "-o", "json", "--job", "json-job", "echo {}", ":::", "b", "a", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    doc = json.loads(p.stdout)
+    assert doc["job"] == "json-job" and doc["seconds"] >= 0
+    assert [t["stdout_tail"] for t in doc["tasks"]] == ["b\n", "a\n"]  # input order
+    assert all(t["state"] == "succeeded" and t["exit_code"] == 0 and t["spec"]["job"] == "json-job"
+               for t in doc["tasks"])
+
+
+def test_map_dry_run_runs_nothing(sh, tmp_path):
+    p = sh("map", "--dry-run", "gzip -k {}", ":::", "a b.log", "c.log", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.splitlines() == ["gzip -k 'a b.log'", "gzip -k c.log"]
+
+
+@pytest.mark.timeout(300)
+def test_map_halt_soon_stops_the_rest(sh, tmp_path):
+    # warm up: a node that just ran short tasks claims a few ahead of its free slots
+    assert sh("map", "true {}", ":::", *map(str, range(20)), cwd=tmp_path).returncode == 0
+    job = f"halt-{uuid.uuid4().hex[:8]}"
+    inputs = [str(i) for i in range(1, 13)]
+    p = sh("map", "--halt", "soon,fail=1", "--job", job,
+           "sh -c 'if [ {} = 1 ]; then exit 1; fi; sleep 8'", ":::", *inputs, cwd=tmp_path)
+    assert p.returncode == 1, p   # one failure
+    assert "halting after 1 failure" in p.stderr
+    recs = job_tasks(sh, job)
+    states = [r["state"] for r in recs]
+    assert all(s in ("succeeded", "failed", "cancelled") for s in states), states
+    assert states.count("failed") == 1
+    # those already running when it failed may finish (the node runs 2 at once, and one
+    # more may start before the failure is seen); the rest never run
+    assert states.count("succeeded") <= 3, states
+    assert states.count("cancelled") >= len(inputs) - 4, states
+    for r in recs:
+        if r["state"] == "cancelled":
+            assert r["exit_code"] is None
+
+
+# -- node ---------------------------------------------------------------------------------------
+
+@pytest.mark.timeout(120)
+def test_node_with_unreachable_etcd_exits_with_advice(tmp_path):
+    t0 = time.monotonic()
+    p = run(tmp_path, "node", "--etcd", "http://127.0.0.1:1", "--home", str(tmp_path), timeout=60)
+    took = time.monotonic() - t0
+    assert_clean_error(p, "http://127.0.0.1:1", "shoal up", "--etcd")
+    assert took < 60
