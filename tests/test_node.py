@@ -143,3 +143,24 @@ def test_node_that_loses_its_lease_kills_its_attempts_and_registers_again(make_c
         assert rec.attempts[0].reason == "node node-1 was lost"
         c.cancel(t.id)
         assert c.wait(t.id, timeout=30).state.value == "cancelled"
+
+
+def test_attempts_of_a_killed_node_are_killed_with_it(make_cluster, tmp_path):
+    import os
+    cluster = make_cluster(nodes=1)
+    pids = tmp_path / "pids"
+    with shoal.connect(cluster.address) as c:
+        c.submit(f"sleep 300 & echo $! >> {pids}; echo $$ >> {pids}; wait")
+        wait_until(lambda: pids.exists() and len(pids.read_text().split()) == 2, timeout_s=30)
+    procs = [int(p) for p in pids.read_text().split()]
+    cluster.kill_node("node-1", sig=9)
+
+    def all_gone():
+        for pid in procs:
+            try:
+                os.kill(pid, 0)
+                return False
+            except ProcessLookupError:
+                pass
+        return True
+    wait_until(all_gone, timeout_s=10)

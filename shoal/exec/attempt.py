@@ -109,6 +109,8 @@ class Attempt:
             t.cancel()
         # whatever the leader left behind in its group goes with it
         _signal_group(self.pid, signal.SIGKILL)
+        if _guard is not None:
+            _guard.forget(self.pid)
         if self._limit:
             if self._limit.oom_killed() and not self._kill_reason:
                 self._kill_reason = "killed for exceeding its memory limit"
@@ -129,6 +131,15 @@ class Attempt:
             killed=self._kill_reason is not None and not self._timed_out)
         if not self.done.done():
             self.done.set_result(result)
+
+
+_guard = None  # this process's attempt guard, if it started one (see guard.py)
+
+
+def use_guard(guard) -> None:
+    """Report every attempt's process group to `guard` from now on."""
+    global _guard
+    _guard = guard
 
 
 _peak = [0.0, 0]  # (read at, bytes)
@@ -215,6 +226,8 @@ def start(spec: TaskSpec, task_id: str, n: int, log_dir: Path, node_id: str,
                   parent_peak_rss=_own_peak_rss())
     if spec.memory:
         att._limit = MemoryLimit.apply(proc.pid, spec.memory, f"{task_id}-{n}")
+    if _guard is not None:
+        _guard.watch(proc.pid)
     att._pidfd = os.pidfd_open(proc.pid)
     loop.add_reader(att._pidfd, att._on_exit)
     if spec.timeout:

@@ -12,7 +12,8 @@ import time
 
 import uvicorn
 
-from ..errors import StoreUnavailable
+from ..exec.attempt import use_guard
+from ..exec.guard import Guard
 from ..model import NodeInfo
 from ..settings import NodeSettings, StoreSettings
 from ..store.etcd import Store
@@ -88,6 +89,8 @@ class Node:
         if self._sock is None:
             self.bind()
         await self._register()
+        guard = Guard()
+        use_guard(guard)
         api = _Server(uvicorn.Config(create_app(self), log_level="warning", lifespan="off",
                                      access_log=False, timeout_graceful_shutdown=1))
         loop = asyncio.get_running_loop()
@@ -118,6 +121,8 @@ class Node:
                 if real:
                     raise
         finally:
+            use_guard(None)
+            guard.close()
             with contextlib.suppress(Exception):
                 await self.store.revoke_lease(self.lease)
             with contextlib.suppress(Exception):
