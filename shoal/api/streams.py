@@ -57,16 +57,16 @@ async def wait(request: Request, ids: list[str] = Body(..., embed=True)):
 
     async def gen():
         async with feed.subscribe(ids) as updates:
-            found, _ = await store.get_tasks(ids)
+            found, _ = await store.get_task_values(ids)
             left = set(ids)
             out = []
             for tid in ids:
-                rec = found.get(tid)
-                if rec is None:
+                value = found.get(tid)
+                if value is None:
                     out.append(_line({"id": tid, "error": "not found"}))
                     left.discard(tid)
-                elif rec.is_final:
-                    out.append(_line(rec.summary()))
+                elif any(m in value for m in _FINAL_MARKS):
+                    out.append(_line(summarize(orjson.loads(value))))
                     left.discard(tid)
             if out:
                 yield b"".join(out)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -175,6 +176,27 @@ def _signal_group(pgid: int, sig: int) -> None:
         pass
 
 
+def _spawn(argv: list[str], env: dict, stdin, out: int, err: int, cwd: str | None) -> int:
+    """Start argv in a new process group with the given stdio; return its pid.
+    posix_spawn (vfork + exec in libc) is the cheap path; it cannot change directory,
+    so a task with a cwd goes through Popen."""
+    if cwd is None:
+        stdin_fd = stdin.fileno() if stdin is not subprocess.DEVNULL else None
+        actions = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0) if stdin_fd is None
+                   else (os.POSIX_SPAWN_DUP2, stdin_fd, 0),
+                   (os.POSIX_SPAWN_DUP2, out, 1), (os.POSIX_SPAWN_DUP2, err, 2)]
+        # every other descriptor of the node is close-on-exec (Python's default).
+        # posix_spawnp searches the node's PATH; a task's own PATH is searched here
+        exe = argv[0]
+        if "/" not in exe and env.get("PATH") != os.environ.get("PATH"):
+            exe = shutil.which(exe, path=env.get("PATH", "")) or exe
+        return os.posix_spawnp(exe, argv, env, file_actions=actions, setpgroup=0)
+    proc = subprocess.Popen(argv, stdin=stdin, stdout=out, stderr=err, cwd=cwd, env=env,
+                            process_group=0, close_fds=True)
+    proc.returncode = 0  # waited on through a pidfd by the caller; keep Popen's destructor quiet
+    return proc.pid
+
+
 _WRITE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
 
 
@@ -205,8 +227,7 @@ def start(spec: TaskSpec, task_id: str, n: int, log_dir: Path, node_id: str,
     try:
         out = os.open(out_path, _WRITE, 0o644)
         err = os.open(err_path, _WRITE, 0o644)
-        proc = subprocess.Popen(argv, stdin=stdin, stdout=out, stderr=err, cwd=spec.cwd, env=env,
-                                process_group=0, close_fds=True)
+        pid = _spawn(argv, env, stdin, out, err, spec.cwd)
     except FileNotFoundError:
         raise SetupError(f"command not found on node {node_id}: {argv[0]!r}") from None
     except PermissionError:
@@ -219,16 +240,15 @@ def start(spec: TaskSpec, task_id: str, n: int, log_dir: Path, node_id: str,
         for fd in (out, err):
             if fd >= 0:
                 os.close(fd)
-    proc.returncode = 0  # waited on through the pidfd below; keep Popen's destructor quiet
     started = time.time()
     loop = asyncio.get_running_loop()
-    att = Attempt(task_id, n, proc.pid, started, out_path, err_path, tail_bytes, loop.create_future(),
+    att = Attempt(task_id, n, pid, started, out_path, err_path, tail_bytes, loop.create_future(),
                   parent_peak_rss=_own_peak_rss())
     if spec.memory:
-        att._limit = MemoryLimit.apply(proc.pid, spec.memory, f"{task_id}-{n}")
+        att._limit = MemoryLimit.apply(pid, spec.memory, f"{task_id}-{n}")
     if _guard is not None:
-        _guard.watch(proc.pid)
-    att._pidfd = os.pidfd_open(proc.pid)
+        _guard.watch(pid)
+    att._pidfd = os.pidfd_open(pid)
     loop.add_reader(att._pidfd, att._on_exit)
     if spec.timeout:
         att._timers.append(loop.call_later(float(spec.timeout), att._on_timeout, grace_s, float(spec.timeout)))

@@ -86,6 +86,7 @@ class Node:
         from ..api.app import create_app   # the API layer sits above the node
         await self.store.connect(wait_s=10.0)
         self.s.log_dir.mkdir(parents=True, exist_ok=True)
+        self.scheduler.log_dir = self.s.log_dir
         if self._sock is None:
             self.bind()
         await self._register()

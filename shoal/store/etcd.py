@@ -305,8 +305,13 @@ class Store:
         return decode(kvs[0].value), kvs[0].mod_revision
 
     async def get_tasks(self, ids: list[str]) -> tuple[dict[str, TaskRecord], int]:
-        """Records for `ids` (missing ones left out) and the revision they were read at.
-        Ids are time-ordered, so one range read between the smallest and largest covers them."""
+        """Records for `ids` (missing ones left out) and the revision they were read at."""
+        raw, revision = await self.get_task_values(ids)
+        return {tid: decode(value) for tid, value in raw.items()}, revision
+
+    async def get_task_values(self, ids: list[str]) -> tuple[dict[str, bytes], int]:
+        """Encoded records for `ids`, for callers that only peek at a few fields. Ids are
+        time-ordered, so one range read between the smallest and largest covers them."""
         if not ids:
             return {}, 0
         want = set(ids)
@@ -319,7 +324,7 @@ class Store:
             for kv in kvs:
                 tid = self.keys.id_of(kv.key)
                 if tid in want:
-                    found[tid] = decode(kv.value)
+                    found[tid] = kv.value
             if not more or not kvs:
                 return found, revision
             start = kvs[-1].key + b"\0"
