@@ -66,8 +66,7 @@ def create_app(node) -> FastAPI:
                   "schema": TaskSpec.model_json_schema()}}, "required": True}})
     async def submit(spec: dict = Body(...)):
         """Submit one task. Returns its record (state queued)."""
-        records = records_for([spec], None)
-        await store.submit(records)
+        records = await store.submit(records_for([spec], None))
         return ojson(records[0].summary(), 201)
 
     @app.post("/v1/tasks/batch", status_code=201, tags=["tasks"])
@@ -75,8 +74,7 @@ def create_app(node) -> FastAPI:
         """Submit many tasks at once (validated together: all or none). Returns their ids in order."""
         if not tasks:
             raise InvalidSpec(["tasks: empty (give at least one task)"])
-        records = records_for(tasks, job, batch=True)
-        await store.submit(records)
+        records = await store.submit(records_for(tasks, job, batch=True))
         return ojson({"ids": [r.id for r in records], "job": job}, 201)
 
     @app.get("/v1/tasks/{task_id}", tags=["tasks"])

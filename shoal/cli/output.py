@@ -23,7 +23,7 @@ def print_json(data) -> None:
 
 
 STATE_STYLE = {"succeeded": "green", "failed": "red", "cancelled": "yellow", "running": "cyan",
-               "queued": "white", "waiting": "magenta", "held": "magenta"}
+               "queued": "white", "waiting": "magenta", "held": "magenta", "upstream_failed": "red"}
 
 
 def ago(ts: float | None) -> str:

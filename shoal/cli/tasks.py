@@ -16,7 +16,7 @@ OUTPUT = typer.Option(Output.table, "--output", "-o", help="table or json.")
 
 
 def spec_fields(env: list[str], cwd, stdin, cpus, memory, disk, gpus, label, priority, retries,
-                backoff, timeout, name, team, job) -> dict:
+                backoff, timeout, name, team, job, after) -> dict:
     """TaskSpec fields from CLI options (only those given, so defaults stay the server's)."""
     fields: dict = {}
     if env:
@@ -35,6 +35,8 @@ def spec_fields(env: list[str], cwd, stdin, cpus, memory, disk, gpus, label, pri
             fields[key] = value
     if label:
         fields["labels"] = list(label)
+    if after:
+        fields["depends_on"] = [a for item in after for a in item.split(",") if a]
     return fields
 
 
@@ -59,6 +61,7 @@ def task_options(f):
         "name": (Optional[str], typer.Option(None, help="A name to find it by.")),
         "team": (Optional[str], typer.Option(None, help="Team charged for it [default: default].")),
         "job": (Optional[str], typer.Option(None, help="Job id to group it with.")),
+        "after": (List[str], typer.Option([], "--after", help="Run only after this task succeeded (id; repeatable).")),
     }
     sig = inspect.signature(f)
     params = [p for p in sig.parameters.values() if p.name != "spec"]

@@ -22,9 +22,11 @@ class TaskState(str, enum.Enum):
     succeeded = "succeeded"
     failed = "failed"
     cancelled = "cancelled"
+    upstream_failed = "upstream_failed"   # a dependency failed; it never ran
 
 
-FINAL_STATES = frozenset({TaskState.succeeded, TaskState.failed, TaskState.cancelled})
+FINAL_STATES = frozenset({TaskState.succeeded, TaskState.failed, TaskState.cancelled,
+                          TaskState.upstream_failed})
 
 
 def _size(v: Any) -> int:
@@ -57,6 +59,9 @@ class TaskSpec(BaseModel):
     name: str | None = Field(None, max_length=256)
     team: str = Field("default", min_length=1, max_length=128)
     job: str | None = Field(None, max_length=128)
+    depends_on: list[str] = Field(default_factory=list, max_length=10000,
+                                  description="ids of tasks that must succeed before this one is queued")
+    allow_failed_deps: bool = Field(False, description="run even if a dependency failed")
 
     @field_validator("command")
     @classmethod
@@ -175,6 +180,8 @@ class TaskRecord(BaseModel):
     submitted_at: float
     attempt: int = 0                       # number of the current (or last) attempt
     released: int = 0                      # attempts handed back by nodes shutting down (not counted)
+    deps_left: int = 0                     # waiting: dependencies not yet ended
+    dependents: list[str] = Field(default_factory=list)  # tasks waiting on this one
     attempts: list[Attempt] = Field(default_factory=list)
     not_before: float | None = None        # retry backoff: not claimable before this time
     cancel_requested: bool = False

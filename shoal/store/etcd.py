@@ -11,6 +11,7 @@ from typing import AsyncIterator, Iterable
 from urllib.parse import urlparse
 
 import aetcd
+import grpc
 import orjson
 from aetcd import rpc
 from aetcd.exceptions import ClientError, ConnectionFailedError, ConnectionTimeoutError
@@ -18,10 +19,10 @@ from aetcd.exceptions import RevisionCompactedError
 from aetcd.utils import prefix_range_end
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
-from ..errors import Conflict, NotFound, StoreFull, StoreUnavailable, TooLarge
+from ..errors import Conflict, InvalidSpec, NotFound, StoreFull, StoreUnavailable, TooLarge
 from ..model import NodeInfo, TaskRecord, TaskState
 from ..model.keys import Keys
-from ..logic import transitions
+from ..logic import dag, transitions
 
 log = logging.getLogger("shoal.store")
 
@@ -277,26 +278,115 @@ class Store:
                 f"(keep it under {MAX_VALUE_BYTES // 2:,}). Put large env values or inputs in a file.")
         return value
 
-    async def submit(self, records: list[TaskRecord]) -> int:
-        """Write queued tasks. Each is put only if its id is new, so a retried submit
-        cannot reset a task a node already claimed. Returns the last revision."""
+    async def submit(self, records: list[TaskRecord]) -> list[TaskRecord]:
+        """Write new tasks; return them as written. Each is put only if its id is new, so
+        a retried submit cannot reset a task a node already claimed. A task with
+        dependencies goes in through submit_dependent, in order, after the ones before it."""
+        if any(r.spec.depends_on for r in records):
+            out: list[TaskRecord] = []
+            for r in records:
+                out += [await self.submit_dependent(r)] if r.spec.depends_on else await self.submit([r])
+            return out
         encoded = [(r, self.check_size(r)) for r in records]
-        revision = 0
         batch, size = [], 0
         for record, value in encoded + [(None, b"")]:
             if record is None or len(batch) >= self.max_txn_ops or size + 2 * len(value) > MAX_VALUE_BYTES:
                 if batch:
-                    resp = await self._txn([], batch)
-                    revision = resp.header.revision
+                    await self._txn([], batch)
                 batch, size = [], 0
             if record is None:
                 break
-            ops = [_put(self.keys.task(record.id), value)]
-            if record.state == TaskState.queued:
-                ops.append(_put(self.keys.queue(record.spec.priority, record.id), value))
-            batch.append(_sub([_cmp(self.keys.task(record.id), "CREATE", 0)], ops))
+            batch.append(_sub([_cmp(self.keys.task(record.id), "CREATE", 0)], self._put_task_ops(record, value)))
             size += 2 * len(value)
-        return revision
+        return records
+
+    def _put_task_ops(self, record: TaskRecord, value: bytes | None = None, lease: int = 0) -> list:
+        """Put a task record, and its queue entry when it is queued (the two stay equal)."""
+        value = value if value is not None else encode(record)
+        ops = [_put(self.keys.task(record.id), value, lease)]
+        if record.state == TaskState.queued:
+            ops.append(_put(self.keys.queue(record.spec.priority, record.id), value))
+        return ops
+
+    async def submit_dependent(self, record: TaskRecord) -> TaskRecord:
+        """Write a task that depends on others, in one transaction with its dependencies'
+        records (each gains it as a dependent), checking none of them moved meanwhile.
+        Its state follows from theirs: queued, waiting, or upstream_failed at once."""
+        deps = list(dict.fromkeys(record.spec.depends_on))
+        for _ in range(50):
+            current = await self._get_many(deps)
+            missing = [d for d in deps if d not in current]
+            if missing:
+                raise InvalidSpec([f"depends_on: no task {m!r} (unknown id, or past its retention)"
+                                   for m in missing])
+            states = {d: rec.state for d, (rec, _) in current.items()}
+            state, left, reason = dag.initial_state(states, record.spec.allow_failed_deps)
+            new = record.model_copy(update={"state": state, "deps_left": left, "reason": reason,
+                                            "finished_at": record.submitted_at if state.value == "upstream_failed" else None})
+            value = self.check_size(new)
+            compares = [_cmp(self.keys.task(new.id), "CREATE", 0)]
+            lease = await self._retention_lease() if new.is_final else 0
+            ops = self._put_task_ops(new, value, lease)
+            if new.state == TaskState.waiting:
+                for d, (rec, rev) in current.items():
+                    if not rec.is_final:
+                        compares.append(_cmp(self.keys.task(d), "MOD", rev))
+                        ops += self._put_task_ops(rec.model_copy(update={"dependents": [*rec.dependents, new.id]}))
+            resp = await self._txn(compares, ops)
+            if resp.succeeded:
+                return new
+            existing = await self._get_many([new.id])
+            if existing:
+                return existing[new.id][0]  # a retried request that had landed
+        raise Conflict(f"task {record.id}: its dependencies kept changing; try again")
+
+    async def _get_many(self, ids: list[str]) -> dict[str, tuple[TaskRecord, int]]:
+        """Records and mod revisions of `ids`, read together (one txn per 128)."""
+        out: dict[str, tuple[TaskRecord, int]] = {}
+        for i in range(0, len(ids), 128):
+            chunk = ids[i:i + 128]
+            resp = await self._txn([], [_get(self.keys.task(t)) for t in chunk])
+            for r in resp.responses:
+                for kv in r.response_range.kvs:
+                    out[self.keys.id_of(kv.key)] = (decode(kv.value), kv.mod_revision)
+        return out
+
+    async def cascade(self, finished: TaskRecord, touched: set[str] | None = None
+                      ) -> tuple[list, list, set[str]] | None:
+        """Compares and ops that move the dependents of a task that just ended (and, when
+        they fail upstream, theirs in turn), to commit in the same transaction. Returns
+        None if a dependent is already in `touched` (another change in this transaction
+        moves it: try again next transaction)."""
+        compares, ops, seen = [], [], set()
+        frontier = [finished] if finished.is_final and finished.dependents else []
+        while frontier:
+            want = [d for f in frontier for d in f.dependents if d not in seen]
+            if not want:
+                break
+            if touched is not None and touched.intersection(want):
+                return None
+            current = await self._get_many(list(dict.fromkeys(want)))
+            updated: dict[str, TaskRecord] = {}
+            for f in frontier:
+                for d in f.dependents:
+                    if d not in current:
+                        continue
+                    rec = updated.get(d) or current[d][0]
+                    updated[d] = dag.dependency_finished(rec, f.id, f.state, time.time())
+            frontier = []
+            retention = 0
+            for d, new in updated.items():
+                rec, rev = current[d]
+                if new == rec:
+                    continue
+                seen.add(d)
+                compares.append(_cmp(self.keys.task(d), "MOD", rev))
+                if new.is_final and not retention:
+                    retention = await self._retention_lease()
+                ops += self._put_task_ops(new, lease=retention if new.is_final else 0)
+                if new.is_final and new.dependents:
+                    frontier.append(new)
+        return compares, ops, seen
 
     async def get_task(self, task_id: str) -> tuple[TaskRecord, int]:
         kvs, _, _ = await self._range(self.keys.task(task_id))
@@ -356,16 +446,24 @@ class Store:
         k = self.keys
         ops = []
         retention = await self._retention_lease() if any(c.record.is_final for c in completions) else 0
+        touched: set[str] = set()
         for c in completions:
             rec = c.record
             running = k.running(node_id, rec.id)
-            value = encode(rec)
+            compares = [_cmp(running, "CREATE", c.attempt_rev), _cmp(k.task(rec.id), "MOD", c.read_rev)]
             success = [_delete(running), _delete(k.cancel(node_id, rec.id)),
-                       _put(k.task(rec.id), value, retention if rec.is_final else 0)]
-            if rec.state == TaskState.queued:
-                success.append(_put(k.queue(rec.spec.priority, rec.id), value))
-            ops.append(_sub([_cmp(running, "CREATE", c.attempt_rev), _cmp(k.task(rec.id), "MOD", c.read_rev)],
-                            success, [_get(k.task(rec.id)), _get(running)]))
+                       *self._put_task_ops(rec, lease=retention if rec.is_final else 0)]
+            if rec.is_final and rec.dependents:
+                # a DAG edge: its dependents move on in this very transaction, so no
+                # promotion is lost if this node dies right after
+                more = await self.cascade(rec, touched)
+                if more is None:  # shares a dependent with an earlier completion here
+                    compares = [_cmp(k.task(rec.id), "CREATE", -1)]  # cannot hold: next step
+                else:
+                    compares += more[0]
+                    success += more[1]
+                    touched |= more[2]
+            ops.append(_sub(compares, success, [_get(k.task(rec.id)), _get(running)]))
         for c in claims:
             ops.append(_sub(
                 [_cmp(c.queue_key, "MOD", c.queued_rev), _cmp(k.task(c.task_id), "MOD", c.queued_rev)],
@@ -383,7 +481,8 @@ class Store:
                 task_kvs = r.response_txn.responses[0].response_range.kvs
                 run_kvs = r.response_txn.responses[1].response_range.kvs
                 if run_kvs and run_kvs[0].create_revision == c.attempt_rev and task_kvs:
-                    # only the task record moved (a cancel request): recompute and retry
+                    # the task record moved (a cancel request, a new dependent) or a
+                    # dependent did: recompute from what is there now and retry
                     result.current[c.record.id] = (decode(task_kvs[0].value), task_kvs[0].mod_revision)
                 else:
                     result.current[c.record.id] = (None, 0)  # fenced: the attempt is stale
@@ -406,8 +505,9 @@ class Store:
             if rec.state in (TaskState.queued, TaskState.waiting, TaskState.held):
                 new = transitions.cancel_queued(rec, now)
                 lease = await self._retention_lease()
-                resp = await self._txn([_cmp(k.task(task_id), "MOD", rev)], [
-                    _delete(k.queue(rec.spec.priority, task_id)), _put(k.task(task_id), encode(new), lease)])
+                compares, ops, _ = await self.cascade(new)
+                resp = await self._txn([_cmp(k.task(task_id), "MOD", rev), *compares], [
+                    _delete(k.queue(rec.spec.priority, task_id)), _put(k.task(task_id), encode(new), lease), *ops])
             elif unstarted_only:
                 node = await self.node(rec.node or "")
                 if node is None or rec.cancel_requested:
@@ -443,8 +543,9 @@ class Store:
             ops = [_put(k.task(task_id), value, lease), _delete(k.cancel(node_id, task_id))]
             if new.state == TaskState.queued:
                 ops.append(_put(k.queue(new.spec.priority, task_id), value))
+            more_cmp, more_ops, _ = await self.cascade(new)
             resp = await self._txn([_cmp(k.task(task_id), "MOD", rev),
-                                    _cmp(k.running(node_id, task_id), "CREATE", 0)], ops)
+                                    _cmp(k.running(node_id, task_id), "CREATE", 0), *more_cmp], ops + more_ops)
             if resp.succeeded:
                 return new
             # a live attempt (the running key exists) or a concurrent change: look again
@@ -513,32 +614,35 @@ class Store:
         next_rev = start_revision
         failures = 0
         while True:
-            queue: asyncio.Queue = asyncio.Queue()
-            cb = None
+            call = None
             try:
                 await self._client.connect()
-                # aetcd's callback API hands us each event (or the error that ended the
-                # stream); draining the queue lets a burst go out as one batch
-                cb = await self._client._watcher.add_callback(
-                    prefix, queue.put, range_end=prefix_range_end(prefix),
-                    start_revision=next_rev, prev_kv=prev_kv)
-                failures = 0
+                # one gRPC Watch stream per watch, holding exactly one watch. aetcd's shared
+                # Watcher pairs each "created" reply with whichever callback is pending, so
+                # after a stream failure it can hand one prefix's events to another watch
+                # (seen after an etcd restart: the queue watch got nodes/ events, the task
+                # feed went silent for good)
+                call = rpc.WatchStub(self._client.channel).Watch(metadata=self._client.metadata)
+                await call.write(rpc.WatchRequest(create_request=rpc.WatchCreateRequest(
+                    key=prefix, range_end=prefix_range_end(prefix), start_revision=next_rev,
+                    prev_kv=prev_kv)))
                 while True:
-                    item = await queue.get()
+                    resp = await call.read()
+                    if resp is grpc.aio.EOF:
+                        raise ConnectionFailedError("watch stream closed")
+                    if resp.compact_revision:
+                        raise RevisionCompactedError(resp.compact_revision)
+                    if resp.canceled:
+                        raise ClientError(f"watch cancelled by etcd: {resp.cancel_reason}")
+                    if resp.created:
+                        failures = 0
+                    if not resp.events:
+                        continue
                     batch = []
-                    while True:
-                        if isinstance(item, BaseException):
-                            raise item
-                        if item is None:
-                            raise ConnectionFailedError("watch stream closed")
-                        batch.append((item.kind, KV(item.kv.key, item.kv.value, item.kv.create_revision,
-                                                    item.kv.mod_revision, item.kv.lease),
-                                      KV(item.prev_kv.key, item.prev_kv.value, item.prev_kv.create_revision,
-                                         item.prev_kv.mod_revision, item.prev_kv.lease) if item.prev_kv else None))
-                        next_rev = item.kv.mod_revision + 1
-                        if queue.empty():
-                            break
-                        item = queue.get_nowait()
+                    for ev in resp.events:
+                        batch.append(("DELETE" if ev.type == rpc.Event.DELETE else "PUT", _kv(ev.kv),
+                                      _kv(ev.prev_kv) if ev.HasField("prev_kv") else None))
+                        next_rev = ev.kv.mod_revision + 1
                     yield batch
             except RevisionCompactedError:
                 rev = await self.revision()
@@ -549,11 +653,8 @@ class Store:
                 log.info("watch on %s interrupted (%s); resuming at revision %d", prefix, e, next_rev)
                 await asyncio.sleep(min(1.0, 0.05 * 2 ** min(failures, 5)))
             finally:
-                if cb is not None and cb.watch_id is not None:
-                    try:
-                        await self._client._watcher.cancel(cb.watch_id)
-                    except Exception:
-                        pass
+                if call is not None:
+                    call.cancel()
 
     async def revision(self) -> int:
         _, _, rev = await self._range(b"\0")
