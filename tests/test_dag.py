@@ -116,3 +116,52 @@ def test_initial_state_and_cycles():
     assert dag.find_cycle({"a": ["b"], "b": ["c"], "c": ["a"]}) == ["a", "b", "c", "a"]
     assert dag.find_cycle({"a": ["b"], "b": [], "c": ["a", "b"]}) is None
     assert dag.find_cycle({str(i): [str(i + 1)] for i in range(5000)}) is None
+
+
+@pytest.mark.cluster
+def test_cli_after_runs_in_order_and_a_failed_step_stops_its_dependents(make_cluster, tmp_path):
+    import subprocess
+    import sys
+    cluster = make_cluster(nodes=1)
+    log = tmp_path / "order"
+
+    def shoal_cli(*args):
+        out = subprocess.run([sys.executable, "-m", "shoal", "submit", "--address", cluster.address, *args],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        return out.stdout.strip()
+    first = shoal_cli("--", "sh", "-c", f"sleep 0.5; echo first >> {log}")
+    second = shoal_cli("--after", first, "--", "sh", "-c", f"echo second >> {log}")
+    broken = shoal_cli("--after", second, "--", "sh", "-c", "exit 4")
+    never = shoal_cli("--after", broken, "--", "sh", "-c", f"echo never >> {log}")
+    import shoal
+    with shoal.connect(cluster.address) as c:
+        recs = c.wait([first, second, broken, never], timeout=60)
+    assert [r.state.value for r in recs] == ["succeeded", "succeeded", "failed", "upstream_failed"]
+    assert log.read_text() == "first\nsecond\n"
+
+
+@pytest.mark.cluster
+def test_dag_across_three_nodes_survives_a_node_kill(make_cluster):
+    import shoal
+    cluster = make_cluster(nodes=3, lease_ttl_s=2)
+    with shoal.connect(cluster.state()["nodes"][2]["api"]) as c:
+        # 6 layers of 20: every task depends on two tasks of the layer before
+        layers = [[c.submit("sleep 0.05", retries=3).id for _ in range(20)]]
+        for _ in range(5):
+            prev = layers[-1]
+            layers.append([c.submit("sleep 0.05", retries=3, depends_on=[prev[i], prev[(i + 1) % 20]]).id
+                           for i in range(20)])
+        time.sleep(0.7)
+        cluster.kill_node("node-1", sig=9)
+        ids = [t for layer in layers for t in layer]
+        done = c.wait(ids, timeout=180)
+    assert all(r.state.value == "succeeded" for r in done), {r.state.value for r in done}
+    for r in done:
+        assert sum(a.state.value == "succeeded" for a in r.attempts) == 1
+    # each layer started only after both its dependencies ended
+    by_id = {r.id: r for r in done}
+    for i in range(1, 6):
+        for j, t in enumerate(layers[i]):
+            deps = [by_id[layers[i - 1][j]], by_id[layers[i - 1][(j + 1) % 20]]]
+            assert by_id[t].started_at >= max(d.last.finished_at for d in deps) - 0.01
