@@ -16,5 +16,13 @@ def aconnect(address: str | None = None, **kw):
     return _aconnect(address, **kw)
 
 
-__all__ = ["connect", "aconnect", "ShoalError", "InvalidSpec", "NotFound", "Conflict", "TooLarge",
+def __getattr__(name: str):
+    # the function-task API loads cloudpickle; only pay for it when it is used
+    if name in ("task", "Future", "as_completed", "progress"):
+        from . import functions
+        return getattr(functions, name)
+    raise AttributeError(name)
+
+
+__all__ = ["task", "Future", "as_completed", "progress", "connect", "aconnect", "ShoalError", "InvalidSpec", "NotFound", "Conflict", "TooLarge",
            "StoreUnavailable", "TaskFailed", "__version__"]

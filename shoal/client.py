@@ -197,7 +197,7 @@ class AsyncClient:
                    raise_on_failure: bool = False):
         """Wait until the task (or every task of a list) has ended; return its record(s)."""
         single = not isinstance(task, list)
-        ids = [t.id if isinstance(t, TaskRecord) else t for t in ([task] if single else task)]
+        ids = [t if isinstance(t, str) else t.id for t in ([task] if single else task)]  # ids, records, futures
         done: dict[str, TaskRecord] = {}
         # close the stream here when raising: left open, its cancel scope would be exited
         # later from another task, which breaks the caller's task (and the sync portal)
@@ -242,6 +242,18 @@ class AsyncClient:
         ids = await self.submit_many(specs, job=job)
         return await self.wait(ids) if wait else ids
 
+    async def result_bytes(self, task_id: str) -> bytes:
+        """The pickled return value of a succeeded function task, from wherever it is kept."""
+        async with self._http.stream("GET", f"/v1/tasks/{task_id}/result",
+                                     timeout=httpx.Timeout(30.0, read=None)) as resp:
+            if resp.status_code >= 400:
+                await resp.aread()
+                _raise_for(resp)
+            return b"".join([chunk async for chunk in resp.aiter_raw()])
+
+    async def release_result(self, task_id: str) -> bool:
+        return (await self._json("DELETE", f"/v1/tasks/{task_id}/result")).get("released", False)
+
     # -- cluster ------------------------------------------------------------------
 
     async def nodes(self) -> list[dict]:
@@ -261,6 +273,9 @@ class Client:
         self._async: AsyncClient = self._portal.call(aclient_factory)
         self._on_close = on_close
         self.address = self._async.address
+        self.cluster_id = self._portal.call(self._async.health).get("cluster")
+        from . import functions
+        functions._clients.append(self)
 
     def __getattr__(self, name: str):
         attr = getattr(self._async, name)
@@ -306,9 +321,27 @@ class Client:
             if not fut.done():
                 fut.cancel()
 
+    def fetch_result(self, rec: TaskRecord):
+        """The value a finished function task returned; TaskFailed if it did not succeed."""
+        from .functions import load_result, raise_for
+        raise_for(rec)
+        return load_result(self._portal.call(self._async.result_bytes, rec.id))
+
+    def gather(self, futures: list):
+        """The results of `futures`, in order (waiting for all; the first failure raises)."""
+        recs = self.wait([f.id for f in futures])
+        return [self.fetch_result(r) for r in recs]
+
+    def as_completed(self, futures: list, timeout: float | None = None):
+        from .functions import as_completed
+        return as_completed(futures, timeout)
+
     def close(self) -> None:
         if self._portal is None:
             return
+        from . import functions
+        if self in functions._clients:
+            functions._clients.remove(self)
         try:
             self._portal.call(self._async.aclose)
         finally:

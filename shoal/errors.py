@@ -48,6 +48,13 @@ class ClusterError(ShoalError):
 
 
 class TaskFailed(ShoalError):
+    """A task ended without success. For a function task that raised, `remote_type`,
+    `remote_message` and `remote_traceback` describe the exception on the node."""
+
     def __init__(self, task):
         self.task = task
+        error = getattr(task, "error", None) or {}
+        self.remote_type = error.get("type")
+        self.remote_message = error.get("message")
+        self.remote_traceback = error.get("traceback")
         super().__init__(f"task {task.id} ended {getattr(task.state, 'value', task.state)}: {task.reason_text()}")

@@ -13,6 +13,7 @@ from ..errors import Conflict, InvalidSpec, NotFound, ShoalError, StoreFull, Sto
 from ..model import TaskRecord, TaskSpec, TaskState, new_ids
 from ..model.task import describe_errors
 from .logs import router as logs_router
+from .results import router as results_router
 from .streams import router as streams_router
 
 STATUS = {InvalidSpec: 422, NotFound: 404, Conflict: 409, TooLarge: 413, StoreFull: 507,
@@ -118,15 +119,16 @@ def create_app(node) -> FastAPI:
     async def health():
         """This node's view: its id, whether it reaches etcd, and whether it is the reaper."""
         try:
-            await store.revision()
+            cluster = await store.cluster_id()
             etcd_ok = True
         except Exception:
-            etcd_ok = False
-        return ojson({"ok": etcd_ok, "node": node.s.node_id, "api": node.api_url, "etcd": etcd_ok,
+            cluster, etcd_ok = None, False
+        return ojson({"ok": etcd_ok, "cluster": cluster, "node": node.s.node_id, "api": node.api_url, "etcd": etcd_ok,
                       "reaper": node.is_reaper, "running": node.scheduler.busy(),
                       "steps": node.scheduler.steps, "completed": node.scheduler.completed_total,
                       "version": __version__}, 200 if etcd_ok else 503)
 
     app.include_router(logs_router)
+    app.include_router(results_router)
     app.include_router(streams_router)
     return app

@@ -66,8 +66,12 @@ async def wait(request: Request, ids: list[str] = Body(..., embed=True)):
                     out.append(_line({"id": tid, "error": "not found"}))
                     left.discard(tid)
                 elif any(m in value for m in _FINAL_MARKS):
-                    out.append(_line(summarize(orjson.loads(value))))
-                    left.discard(tid)
+                    # the marks also match an attempt's own "state" (a retried task whose
+                    # first attempt failed): only the record's top-level state counts
+                    rec = orjson.loads(value)
+                    if rec["state"] in _FINAL_NAMES:
+                        out.append(_line(summarize(rec)))
+                        left.discard(tid)
             if out:
                 yield b"".join(out)
             while left:

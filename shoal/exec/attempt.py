@@ -34,6 +34,9 @@ class AttemptResult:
     stdout_bytes: int = 0
     stderr_bytes: int = 0
     reason: str | None = None   # set when it did not simply exit
+    result: str | None = None   # function tasks: base64 pickle of a small return value
+    result_ref: dict | None = None   # ... or where a big one is kept
+    error: dict | None = None   # ... or the exception it raised
     timed_out: bool = False
     killed: bool = False        # cancelled or fenced
 

@@ -79,11 +79,14 @@ class MemoryLimit:
                     return True
         except OSError:
             pass
-        try:
-            return int((self.path / "memory.failcnt").read_text()) > 0 and \
-                "oom_kill 1" in (self.path / "memory.oom_control").read_text()
+        try:  # cgroup v1: the group is the attempt's own, so any OOM kill in it counts
+            # (memory.failcnt can stay 0 when the kernel OOM-kills the task)
+            for line in (self.path / "memory.oom_control").read_text().splitlines():
+                if line.startswith("oom_kill ") and int(line.split()[1]) > 0:
+                    return True
         except (OSError, ValueError):
-            return False
+            pass
+        return False
 
     def release(self) -> None:
         if self.path is not None:

@@ -58,7 +58,10 @@ def node_lost(task: TaskRecord, node: str, now: float) -> TaskRecord:
     if task.cancel_requested:
         return task.model_copy(update={"state": TaskState.cancelled, "finished_at": now,
                                        "reason": "cancelled (its node was lost)"})
-    return _failed_attempt(task, f"node {node} was lost", now)
+    task = _failed_attempt(task, f"node {node} was lost", now)
+    # the command did not fail, its node did: the lease TTL was the wait already, so the
+    # retry is claimable at once (backoff spaces out retries of failing commands only)
+    return task.model_copy(update={"not_before": None}) if task.state == TaskState.queued else task
 
 
 def cancel_queued(task: TaskRecord, now: float) -> TaskRecord:

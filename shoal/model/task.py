@@ -6,7 +6,7 @@ import enum
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, StrictFloat, StrictInt,
-                      ValidationError, field_validator)
+                      ValidationError, field_validator, model_validator)
 
 from ..errors import InvalidSpec
 from .sizes import parse_size
@@ -41,8 +41,13 @@ class TaskSpec(BaseModel):
     """What to run and what it needs. Unknown fields are refused."""
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    command: Union[list[str], str] = Field(
-        description="argv list, or a shell string run by /bin/sh -c")
+    command: Union[list[str], str, None] = Field(
+        None, description="argv list, or a shell string run by /bin/sh -c (or give `function`)")
+    function: str | None = Field(
+        None, description="a Python call, cloudpickled and base64-encoded: (fn, args, kwargs)")
+    function_name: str | None = Field(None, max_length=256, description="the function's qualified name")
+    working_dir: str | None = Field(None, description="function tasks: a directory on the node put "
+                                                      "first on sys.path and made the current directory")
     env: dict[str, str] = Field(default_factory=dict)
     cwd: str | None = None
     stdin: str | None = Field(None, description="path of a file on the node fed to stdin")
@@ -63,9 +68,24 @@ class TaskSpec(BaseModel):
                                   description="ids of tasks that must succeed before this one is queued")
     allow_failed_deps: bool = Field(False, description="run even if a dependency failed")
 
+    @model_validator(mode="after")
+    def _one_kind_of_work(self):
+        if self.command is None and self.function is None:
+            raise ValueError("command: required (an argv list such as ['echo', 'hi'], a shell "
+                             "string, or a Python function through @shoal.task)")
+        if self.command is not None and self.function is not None:
+            raise ValueError("command: give a command or a function, not both")
+        return self
+
+    @property
+    def is_function(self) -> bool:
+        return self.function is not None
+
     @field_validator("command")
     @classmethod
     def _command_not_empty(cls, v):
+        if v is None:
+            return v
         if isinstance(v, str):
             if not v.strip():
                 raise ValueError("is empty (give an argv list such as ['echo', 'hi'] or a shell string)")
@@ -86,6 +106,8 @@ class TaskSpec(BaseModel):
         return ["/bin/sh", "-c", self.command] if isinstance(self.command, str) else list(self.command)
 
     def display(self) -> str:
+        if self.function is not None:
+            return f"{self.function_name or 'function'}(...)"
         return self.command if isinstance(self.command, str) else " ".join(self.command)
 
     @classmethod
@@ -139,8 +161,8 @@ def describe_errors(e: ValidationError | list[dict], prefix: str = "") -> list[s
             out.append(f"{where}: required ({_EXPECTED.get(field, 'a value')})")
             continue
         msg = err["msg"].removeprefix("Value error, ")
-        if msg.startswith(repr(got)) or "(" in msg and err["type"] == "value_error":
-            out.append(f"{where}: {msg}")
+        if err["type"] == "value_error":  # our own validators already say field and form
+            out.append(f"{where}: {msg}" if loc else msg)
         else:
             expected = _EXPECTED.get(field)
             out.append(f"{where}: {got!r} is not valid: {msg}" + (f" (expected {expected})" if expected else ""))
@@ -182,6 +204,12 @@ class TaskRecord(BaseModel):
     released: int = 0                      # attempts handed back by nodes shutting down (not counted)
     deps_left: int = 0                     # waiting: dependencies not yet ended
     dependents: list[str] = Field(default_factory=list)  # tasks waiting on this one
+    # function tasks: the return value (small ones inline, base64 of a pickle; big ones
+    # stay on the node that made them), or the exception it raised
+    result: str | None = None
+    result_ref: dict | None = None         # {"node": id, "bytes": size} when not inline
+    error: dict | None = None              # {"type", "message", "traceback"}
+    progress: dict | None = None           # {"fraction": 0..1, "message", "at"}
     attempts: list[Attempt] = Field(default_factory=list)
     not_before: float | None = None        # retry backoff: not claimable before this time
     cancel_requested: bool = False

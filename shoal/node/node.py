@@ -14,6 +14,7 @@ import uvicorn
 
 from ..exec.attempt import use_guard
 from ..exec.guard import Guard
+from ..exec.pyworkers import WorkerPool
 from ..model import NodeInfo
 from ..settings import NodeSettings, StoreSettings
 from ..store.etcd import Store
@@ -87,11 +88,15 @@ class Node:
         await self.store.connect(wait_s=10.0)
         self.s.log_dir.mkdir(parents=True, exist_ok=True)
         self.scheduler.log_dir = self.s.log_dir
+        results_dir = self.s.home / "results" / self.s.node_id
+        results_dir.mkdir(parents=True, exist_ok=True)
         if self._sock is None:
             self.bind()
         await self._register()
         guard = Guard()
         use_guard(guard)
+        self.pool = self.scheduler.pool = WorkerPool(self.s.node_id, self.api_url, results_dir,
+                                                     max_idle=self.s.slots)
         api = _Server(uvicorn.Config(create_app(self), log_level="warning", lifespan="off",
                                      access_log=False, timeout_graceful_shutdown=1))
         loop = asyncio.get_running_loop()
@@ -122,6 +127,7 @@ class Node:
                 if real:
                     raise
         finally:
+            await self.pool.close()
             use_guard(None)
             guard.close()
             with contextlib.suppress(Exception):

@@ -18,7 +18,7 @@ from ..store.etcd import Claim, Completion, Store, WatchReset
 from .queue_view import QueueView
 
 log = logging.getLogger("shoal.node")
-OUTPUT_FIELDS = ("stdout_tail", "stderr_tail", "stdout_bytes", "stderr_bytes")
+OUTPUT_FIELDS = ("stdout_tail", "stderr_tail", "stdout_bytes", "stderr_bytes", "result", "result_ref", "error")
 
 
 @dataclass
@@ -47,8 +47,11 @@ class Scheduler:
         # its free slots, so a finished attempt is replaced at once, not one txn later
         self.ready: deque[str] = deque()
         self.avg_runtime_s: float | None = None   # moving average of attempt run times
+        self.log_dir = settings.log_dir    # set again by the node once its id is final
+        self.pool = None                   # the node's warm Python workers (function tasks)
         self.base_env = dict(os.environ)   # copied once: os.environ decodes on every read
         self.steps = 0
+        self.fences = 0          # times fence() ran: a step begun before one is stale
         self.last_rev = 0        # revision of the last step whose reply we processed
         self._retry_timer: asyncio.TimerHandle | None = None
 
@@ -97,23 +100,28 @@ class Scheduler:
         prefix = self.store.keys.cancels_for(self.s.node_id)
         rev = await self.store.revision()
         kvs, _, _ = await self.store.get_prefix(prefix)
-        self._cancel([self.store.keys.id_of(kv.key) for kv in kvs])
+        self._cancel([(self.store.keys.id_of(kv.key), kv.value) for kv in kvs])
         async for batch in self.store.watch(prefix, rev + 1):
             if isinstance(batch, WatchReset):
                 kvs, _, _ = await self.store.get_prefix(prefix)
-                self._cancel([self.store.keys.id_of(kv.key) for kv in kvs])
+                self._cancel([(self.store.keys.id_of(kv.key), kv.value) for kv in kvs])
                 continue
-            self._cancel([self.store.keys.id_of(kv.key) for kind, kv, _ in batch if kind == "PUT"])
+            self._cancel([(self.store.keys.id_of(kv.key), kv.value) for kind, kv, _ in batch if kind == "PUT"])
 
-    def _cancel(self, ids: list[str]) -> None:
-        for tid in ids:
+    def _cancel(self, requests: list[tuple[str, bytes]]) -> None:
+        """Cancel requests: b"" cancels, b"unstarted" only one claimed ahead and not started."""
+        for tid, how in requests:
             r = self.running.get(tid)
             if r is None:
                 continue
             if r.proc is not None:
-                r.proc.kill("cancelled while running", self.s.cancel_grace_s)
+                if how != b"unstarted":
+                    r.proc.kill("cancelled while running", self.s.cancel_grace_s)
             elif tid in self.ready:
                 self.ready.remove(tid)
+                if how == b"unstarted":  # the record in etcd is not flagged: flag the one we write
+                    r.record = r.record.model_copy(update={"cancel_requested": True,
+                                                           "reason": "cancelled before it started"})
                 now = time.time()
                 self._finish(tid, run.AttemptResult(None, None, now, now, 0.0, 0, reason="cancelled"))
 
@@ -129,6 +137,7 @@ class Scheduler:
             completions = [Completion(rec, r.read_rev, r.attempt_rev) for r, rec in self.finished.values()]
             if not claims and not completions:
                 continue
+            fences = self.fences
             try:
                 result = await self.store.step(self.s.node_id, self.lease, completions, claims)
             except Exception as e:  # etcd away for longer than the store rides out
@@ -136,11 +145,21 @@ class Scheduler:
                 await asyncio.sleep(0.5)
                 self.wake.set()
                 continue
+            if self.fences != fences:
+                # fenced while the step was in flight (etcd away longer than the TTL): its
+                # attempts are killed and forgotten, and what it claimed holds keys on the
+                # old lease; the reaper requeues those like the rest of the fenced work
+                log.info("step of lease %x ended after fencing; its result is dropped", self.lease)
+                self.wake.set()
+                continue
             self.last_rev = result.revision
             self.steps += 1
             self._after_completions(completions, result)
             self._after_claims(claims, result)
-            if self.finished or (claims and all(result.claimed)):
+            # after any claims go again: on success there may be room for more, and when
+            # another node won the race the lost keys are out of the view, so the next
+            # pass tries other queued tasks (nothing else wakes an idle node that lost)
+            if self.finished or claims:
                 self.wake.set()
 
     def _choose_claims(self) -> list[Claim]:
@@ -209,6 +228,12 @@ class Scheduler:
             if ok:
                 self.running[c.task_id] = Running(c.record, result.revision, result.revision, None)
                 self.ready.append(c.task_id)
+        if len(self.ready) > 1:
+            # start in queue order (priority, then age): a task claimed now may be ahead of
+            # those claimed earlier, e.g. one requeued from a lost node or of higher priority,
+            # and must not wait behind the tasks held ahead of free slots
+            key = self.store.keys.queue
+            self.ready = deque(sorted(self.ready, key=lambda t: key(self.running[t].record.spec.priority, t)))
         self._start_ready()
 
     def _start_ready(self) -> None:
@@ -220,8 +245,11 @@ class Scheduler:
                 return
             self.ready.popleft()
             try:
-                r.proc = run.start(r.record.spec, tid, r.record.attempt, self.s.log_dir, self.s.node_id,
-                                   self.s.log_tail_bytes, self.s.kill_grace_s, self.base_env)
+                if r.record.spec.is_function:
+                    r.proc = self.pool.start(r.record, self.log_dir, self.s.log_tail_bytes, self.base_env)
+                else:
+                    r.proc = run.start(r.record.spec, tid, r.record.attempt, self.log_dir, self.s.node_id,
+                                       self.s.log_tail_bytes, self.s.kill_grace_s, self.base_env)
             except run.SetupError as e:
                 now = time.time()
                 self._finish(tid, run.AttemptResult(None, None, now, now, 0.0, 0, reason=str(e)))
@@ -260,6 +288,7 @@ class Scheduler:
     def fence(self) -> None:
         """Our lease is gone: every attempt we run may already be running elsewhere.
         Kill them all now and forget them; their writes would be refused anyway."""
+        self.fences += 1
         for tid, r in list(self.running.items()):
             if r.proc is not None:
                 r.proc.kill("fenced: the node lost its lease", 0.0)

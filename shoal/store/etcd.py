@@ -656,6 +656,12 @@ class Store:
                 if call is not None:
                     call.cancel()
 
+    async def cluster_id(self) -> str:
+        """Which cluster this is: etcd's cluster id and shoal's key prefix."""
+        req = rpc.RangeRequest(key=b"\0", serializable=True)
+        resp = await self._call("kvstub.Range", req)
+        return f"{resp.header.cluster_id:x}{self.keys.prefix}"
+
     async def revision(self) -> int:
         _, _, rev = await self._range(b"\0")
         return rev

@@ -1,0 +1,144 @@
+"""A warm Python worker: a long-lived process that runs one function task at a time for
+its node. Frames on its stdin/stdout are 4-byte lengths plus pickles; while a task
+runs, file descriptors 1 and 2 are that attempt's log files.
+
+    python -m shoal.exec.worker
+"""
+from __future__ import annotations
+
+import base64
+import os
+import pickle
+import struct
+import sys
+import traceback
+import urllib.error
+import urllib.request
+
+_LEN = struct.Struct(">I")
+
+
+def read_frame(f) -> dict | None:
+    head = f.read(4)
+    if len(head) < 4:
+        return None
+    (n,) = _LEN.unpack(head)
+    data = b""
+    while len(data) < n:
+        chunk = f.read(n - len(data))
+        if not chunk:
+            return None
+        data += chunk
+    return pickle.loads(data)
+
+
+def write_frame(f, obj) -> None:
+    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    f.write(_LEN.pack(len(data)) + data)
+    f.flush()
+
+
+def fetch_result(api: str, task_id: str) -> object:
+    """The value a finished task returned, from any node's API (it finds the holder)."""
+    import cloudpickle  # noqa: F401  (results may need its reducers)
+    try:
+        with urllib.request.urlopen(f"{api}/v1/tasks/{task_id}/result", timeout=300) as resp:
+            return pickle.loads(resp.read())
+    except urllib.error.HTTPError as e:
+        raise RuntimeError(f"could not fetch the result of {task_id}: HTTP {e.code} {e.read()[:300]!r}") from None
+
+
+class Worker:
+    def __init__(self) -> None:
+        # private copies of the protocol pipes; 0/1/2 belong to the tasks from now on
+        self.inp = os.fdopen(os.dup(0), "rb", buffering=0)
+        self.out = os.fdopen(os.dup(1), "wb", buffering=0)
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        os.close(null)
+        self.env = dict(os.environ)
+        self.cwd = os.getcwd()
+        self.path = list(sys.path)
+
+    def serve(self) -> None:
+        write_frame(self.out, {"ready": os.getpid()})
+        while (msg := read_frame(self.inp)) is not None:
+            write_frame(self.out, self.run(msg))
+
+    def run(self, msg: dict) -> dict:
+        out = os.open(msg["out"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        err = os.open(msg["err"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.dup2(out, 1)
+        os.dup2(err, 2)
+        os.close(out)
+        os.close(err)
+        os.environ.clear()
+        os.environ.update(self.env)
+        os.environ.update(msg["env"])
+        where = msg.get("working_dir")
+        try:
+            if where:
+                sys.path.insert(0, where)
+            os.chdir(msg.get("cwd") or where or self.cwd)
+            return self._call(msg)
+        finally:
+            for stream in (sys.stdout, sys.stderr):
+                try:
+                    stream.flush()
+                except Exception:
+                    pass
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, 1)
+            os.dup2(null, 2)
+            os.close(null)
+            os.chdir(self.cwd)
+            sys.path[:] = self.path
+
+    def _call(self, msg: dict) -> dict:
+        import cloudpickle
+        from shoal.model.refs import swap_refs
+        try:
+            fn, args, kwargs = cloudpickle.loads(base64.b64decode(msg["function"]))
+        except ModuleNotFoundError as e:
+            return _error(e, hint=f"module {e.name!r} is not importable on node {msg['node']}: install it "
+                                  "there, or pass py_modules=[...] (shipped with the task) or a working_dir "
+                                  "that holds it")
+        except Exception as e:
+            return _error(e, hint="the function or its arguments could not be unpickled on the node")
+        try:
+            cache: dict[str, object] = {}
+
+            def resolve(task_id: str):
+                if task_id not in cache:
+                    cache[task_id] = fetch_result(msg["api"], task_id)
+                return cache[task_id]
+            args = swap_refs(args, resolve)
+            kwargs = swap_refs(kwargs, resolve)
+            value = fn(*args, **kwargs)
+        except BaseException as e:  # the task's failure, reported to its caller
+            if isinstance(e, (SystemExit, KeyboardInterrupt)) and not msg.get("catch_exit", True):
+                raise
+            return _error(e)
+        try:
+            data = cloudpickle.dumps(value)
+        except Exception as e:
+            return _error(e, hint="the function's return value cannot be pickled")
+        if len(data) <= msg["inline_limit"]:
+            return {"result": base64.b64encode(data).decode()}
+        tmp = msg["result_path"] + ".tmp"
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, msg["result_path"])
+        return {"result_bytes": len(data)}
+
+
+def _error(e: BaseException, hint: str | None = None) -> dict:
+    kind = type(e)
+    return {"error": {"type": f"{kind.__module__}.{kind.__qualname__}".removeprefix("builtins."),
+                      "message": (f"{e} ({hint})" if hint else str(e)),
+                      "traceback": traceback.format_exc()}}
+
+
+if __name__ == "__main__":
+    Worker().serve()
