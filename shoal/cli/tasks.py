@@ -119,6 +119,10 @@ def register(app: typer.Typer) -> None:
         console.print(f"[bold]{rec.id}[/] {rec.spec.name or ''}  {state_text(rec.state)}"
                       + (f"  ({rec.reason})" if rec.reason else ""))
         console.print(f"  command   {rec.spec.display()}", markup=False, highlight=False)
+        if rec.progress:
+            p = rec.progress
+            console.print(f"  progress  {p['fraction'] * 100:.0f}% {p.get('message', '')} ({ago(p.get('at'))})",
+                          markup=False, highlight=False)
         console.print(f"  submitted {ago(rec.submitted_at)}   team {rec.spec.team}   job {rec.spec.job or '-'}"
                       f"   priority {rec.spec.priority}   retries {rec.spec.retries}")
         for a in rec.attempts:

@@ -225,6 +225,7 @@ def start(spec: TaskSpec, task_id: str, n: int, log_dir: Path, node_id: str,
     env["SHOAL_TASK_ID"] = task_id
     env["SHOAL_ATTEMPT"] = str(n)
     env["SHOAL_NODE"] = node_id
+    env["SHOAL_PROGRESS_FILE"] = str(out_path.with_suffix(".progress"))
     argv = spec.argv()
     out = err = -1
     try:

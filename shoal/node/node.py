@@ -19,6 +19,7 @@ from ..model import NodeInfo
 from ..settings import NodeSettings, StoreSettings
 from ..store.etcd import Store
 from .feed import TaskFeed
+from .progress import ProgressPublisher
 from .reaper import Reaper
 from .scheduler import Scheduler
 
@@ -113,6 +114,7 @@ class Node:
                 tg.create_task(self._elect())
                 tg.create_task(self._reconcile())
                 tg.create_task(self.feed.run())
+                tg.create_task(ProgressPublisher(self.scheduler, self.store).run())
                 api_task = tg.create_task(api.serve(sockets=[self._sock]))
                 if ready is not None:
                     ready.set()
@@ -197,7 +199,24 @@ class Node:
             await asyncio.sleep(0.25)
 
     async def _reconcile(self) -> None:
+        ticks = 0
         while True:
             await asyncio.sleep(10)
+            ticks += 1
             with contextlib.suppress(Exception):
                 await self.scheduler.reconcile()
+            if ticks % 6 == 0:
+                with contextlib.suppress(Exception):
+                    await self._free_orphan_results()
+
+    async def _free_orphan_results(self) -> None:
+        """A big result lives as long as its task's record: once retention (or a job's
+        deletion) removes the record, the file goes too."""
+        results_dir = self.s.home / "results" / self.s.node_id
+        files = {p.name.split(".", 1)[0]: p for p in results_dir.glob("*.pickle")}
+        if not files:
+            return
+        alive, _ = await self.store.get_task_values(sorted(files))
+        for tid, path in files.items():
+            if tid not in alive:
+                path.unlink(missing_ok=True)

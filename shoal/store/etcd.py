@@ -489,6 +489,14 @@ class Store:
         result.claimed = [r.response_txn.succeeded for r in resp.responses[len(completions):]]
         return result
 
+    async def put_progress(self, node_id: str, record: TaskRecord, read_rev: int, attempt_rev: int) -> int:
+        """Write a running task's progress if its attempt is still ours and the record
+        unchanged; the new mod revision, or 0 when something moved meanwhile."""
+        k = self.keys
+        resp = await self._txn([_cmp(k.running(node_id, record.id), "CREATE", attempt_rev),
+                                _cmp(k.task(record.id), "MOD", read_rev)], [_put(k.task(record.id), encode(record))])
+        return resp.header.revision if resp.succeeded else 0
+
     # -- cancel, requeue ---------------------------------------------------------------
 
     async def cancel(self, task_id: str, unstarted_only: bool = False) -> TaskRecord:
