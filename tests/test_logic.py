@@ -212,3 +212,11 @@ def test_release_on_clean_shutdown_does_not_use_up_retries():
     assert t.state == TaskState.queued and t.attempts[0].reason == "node n1 shut down; requeued"
     t = run_once(t, 1, node="n2")
     assert t.state == TaskState.failed and t.reason == "exit code 1"  # one counted attempt, no retries
+
+
+def test_progress_lines_last_wellformed_one_wins():
+    from shoal.node.progress import last_progress
+    out = b"hello\n::progress 0.2 loading\nnoise ::progress 0.9 no\n::progress 1.7 done all\n::progress x bad\n"
+    assert last_progress(out, from_stdout=True) == (1.0, "done all")
+    assert last_progress(b"0.5 half way\n", from_stdout=False) == (0.5, "half way")
+    assert last_progress(b"nothing here\n", from_stdout=True) is None

@@ -213,10 +213,13 @@ class Node:
         """A big result lives as long as its task's record: once retention (or a job's
         deletion) removes the record, the file goes too."""
         results_dir = self.s.home / "results" / self.s.node_id
-        files = {p.name.split(".", 1)[0]: p for p in results_dir.glob("*.pickle")}
+        files: dict[str, list] = {}
+        for path in results_dir.glob("*.pickle"):  # <task>.<attempt>.pickle
+            files.setdefault(path.name.split(".", 1)[0], []).append(path)
         if not files:
             return
         alive, _ = await self.store.get_task_values(sorted(files))
-        for tid, path in files.items():
+        for tid, paths in files.items():
             if tid not in alive:
-                path.unlink(missing_ok=True)
+                for path in paths:
+                    path.unlink(missing_ok=True)
