@@ -237,7 +237,7 @@ class Scheduler:
         self._start_ready()
 
     def _start_ready(self) -> None:
-        """Start claimed attempts, in claim order, while they fit what is free."""
+        """Start claimed attempts, in queue order, while they fit what is free."""
         while self.ready:
             tid = self.ready[0]
             r = self.running[tid]
