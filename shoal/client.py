@@ -3,6 +3,7 @@ the same async methods on a private event loop thread."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import inspect
@@ -10,6 +11,7 @@ import os
 import queue
 import re
 import tempfile
+import weakref
 from pathlib import Path
 from typing import Any, AsyncIterator, Iterable
 
@@ -251,6 +253,10 @@ class AsyncClient:
                 _raise_for(resp)
             return b"".join([chunk async for chunk in resp.aiter_raw()])
 
+    async def delete_job(self, job: str) -> dict:
+        """Cancel what has not ended in `job`, free its results and remove its tasks."""
+        return await self._json("DELETE", f"/v1/jobs/{job}")
+
     async def release_result(self, task_id: str) -> bool:
         return (await self._json("DELETE", f"/v1/tasks/{task_id}/result")).get("released", False)
 
@@ -274,6 +280,8 @@ class Client:
         self._on_close = on_close
         self.address = self._async.address
         self.cluster_id = self._portal.call(self._async.health).get("cluster")
+        self._future_refs: collections.Counter = collections.Counter()
+        self._unreferenced: list[str] = []
         from . import functions
         functions._clients.append(self)
 
@@ -321,6 +329,29 @@ class Client:
             if not fut.done():
                 fut.cancel()
 
+    def track_future(self, future, task_id: str) -> None:
+        """Count the futures of each task; when the last one is garbage collected, its
+        result is freed (at this client's next call or close). Results a dependent task
+        still needs are kept by the node until that task ends."""
+        self._future_refs[task_id] += 1
+        weakref.finalize(future, self._untrack, task_id)
+
+    def _untrack(self, task_id: str) -> None:
+        self._future_refs[task_id] -= 1
+        if self._future_refs[task_id] <= 0:
+            del self._future_refs[task_id]
+            self._unreferenced.append(task_id)  # list.append is atomic; finalizers may run anywhere
+
+    def release_unreferenced(self) -> int:
+        """Free the results of tasks whose futures were all dropped; how many were sent."""
+        ids, self._unreferenced = self._unreferenced, []
+        for tid in ids:
+            try:
+                self._portal.call(self._async.release_result, tid)
+            except ShoalError:
+                pass  # gone already (job deleted, retention)
+        return len(ids)
+
     def fetch_result(self, rec: TaskRecord):
         """The value a finished function task returned; TaskFailed if it did not succeed."""
         from .functions import load_result, raise_for
@@ -342,6 +373,7 @@ class Client:
         from . import functions
         if self in functions._clients:
             functions._clients.remove(self)
+        self.release_unreferenced()
         try:
             self._portal.call(self._async.aclose)
         finally:

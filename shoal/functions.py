@@ -45,6 +45,10 @@ class Future:
         self.id = task_id
         self.name = name
         self._record: TaskRecord | None = None
+        # when the last future of a task is dropped, its client frees the result
+        track = getattr(client, "track_future", None)
+        if track is not None:
+            track(self, task_id)
 
     def __repr__(self) -> str:
         state = self._record.state.value if self._record else "submitted"
@@ -136,6 +140,7 @@ class RemoteFunction:
 
     def submit(self, *args, **kwargs) -> Future:
         c = current_client()
+        c.release_unreferenced()
         rec = c.submit(None, **self.spec(args, kwargs, c))
         return Future(c, rec.id, self.__name__)
 

@@ -6,10 +6,12 @@ import base64
 import os
 
 import httpx
+import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 
-from ..errors import Conflict, NotFound
+from ..errors import Conflict, NotFound, ShoalError
+from .streams import _FINAL_NAMES
 
 router = APIRouter(tags=["results"])
 CHUNK = 1 << 20
@@ -38,19 +40,45 @@ async def get_result(request: Request, task_id: str, local: bool = False):
     if holder is None:
         raise NotFound(f"the result of {task_id} was kept on node {ref.get('node')}, which is gone; "
                        "run the task again (results that must outlive nodes belong in storage)")
-    return StreamingResponse(_proxy(f"{holder.api}/v1/tasks/{task_id}/result?local=true"),
-                             media_type="application/octet-stream",
-                             headers={"X-Shoal-Result-Source": f"node {holder.id}"})
+    # ask the holder before answering: once our 200 has gone out, an error from it could
+    # only cut the body short (the caller would see a broken stream, not its NotFound)
+    url = f"{holder.api}/v1/tasks/{task_id}/result?local=true"
+    client = httpx.AsyncClient(timeout=httpx.Timeout(30.0, read=None))
+    try:
+        resp = await client.send(client.build_request("GET", url), stream=True)
+    except httpx.HTTPError as e:
+        await client.aclose()
+        raise ShoalError(f"the result of {task_id} is kept on node {holder.id}, which did not answer "
+                         f"({type(e).__name__}: {e})") from None
+    if resp.status_code >= 400:
+        await resp.aread()
+        await resp.aclose()
+        await client.aclose()
+        try:
+            message = resp.json().get("message") or resp.text[:300]
+        except ValueError:
+            message = resp.text[:300]
+        cls = NotFound if resp.status_code == 404 else ShoalError
+        raise cls(f"node {holder.id}: {message}")
+    headers = {"X-Shoal-Result-Source": f"node {holder.id}"}
+    if "content-length" in resp.headers:
+        headers["Content-Length"] = resp.headers["content-length"]
+    return StreamingResponse(_relay(resp, client), media_type="application/octet-stream", headers=headers)
 
 
 @router.delete("/v1/tasks/{task_id}/result")
-async def release_result(request: Request, task_id: str, local: bool = False):
-    """Free a big result's file on the node that holds it (small ones go with the record)."""
+async def release_result(request: Request, task_id: str, local: bool = False, force: bool = False):
+    """Free a big result's file on the node that holds it (small ones go with the record).
+    Kept while a dependent task that has not ended yet still needs it (unless force)."""
     node = request.app.state.node
     rec, _ = await node.store.get_task(task_id)
     ref = rec.result_ref or {}
     if not ref:
         return {"released": False}
+    if rec.dependents and not force and not local:
+        waiting, _ = await node.store.get_task_values(rec.dependents)
+        if any(orjson.loads(v)["state"] not in _FINAL_NAMES for v in waiting.values()):
+            return {"released": False, "reason": "a dependent task that has not ended still needs it"}
     if ref.get("node") == node.s.node_id:
         try:
             os.unlink(ref["path"])
@@ -73,11 +101,33 @@ def _read(path: str):
             yield chunk
 
 
-async def _proxy(url: str):
-    async with httpx.AsyncClient(timeout=httpx.Timeout(30.0, read=None)) as client:
-        async with client.stream("GET", url) as resp:
-            if resp.status_code >= 400:
-                await resp.aread()
-                raise NotFound(f"fetching {url}: HTTP {resp.status_code} {resp.text[:300]}")
-            async for chunk in resp.aiter_raw():
-                yield chunk
+async def _relay(resp: httpx.Response, client: httpx.AsyncClient):
+    try:
+        async for chunk in resp.aiter_raw():
+            yield chunk
+    finally:
+        await resp.aclose()
+        await client.aclose()
+
+
+@router.delete("/v1/jobs/{job}", tags=["tasks"])
+async def delete_job(request: Request, job: str):
+    """Delete a job: cancel what has not ended, free its results, remove its tasks."""
+    node = request.app.state.node
+    store = node.store
+    records, _ = await store.list_tasks(limit=100000, match=lambda r: r.spec.job == job)
+    if not records:
+        raise NotFound(f"no tasks in job {job!r}")
+    for rec in records:
+        if not rec.is_final:
+            try:
+                await store.cancel(rec.id)
+            except Conflict:
+                pass
+    freed = 0
+    for rec in records:
+        if rec.result_ref:
+            out = await release_result(request, rec.id, force=True)
+            freed += bool(out.get("released"))
+    await store.delete_tasks([r.id for r in records])
+    return {"job": job, "deleted": len(records), "results_freed": freed}

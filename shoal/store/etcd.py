@@ -189,7 +189,7 @@ class Store:
         try:
             return await fn(*args, timeout=self.timeout_s, **kw)
         except rpc.AioRpcError as e:
-            if e.code() == rpc.StatusCode.RESOURCE_EXHAUSTED:
+            if e.code() == rpc.StatusCode.RESOURCE_EXHAUSTED and "space exceeded" in (e.details() or ""):
                 raise StoreFull(
                     f"etcd at {', '.join(self.endpoints)} refuses writes: {e.details()}. Free space with "
                     "`etcdctl compact` + `etcdctl defrag` and `etcdctl alarm disarm`, raise its "
@@ -425,7 +425,8 @@ class Store:
         out: list[TaskRecord] = []
         end = self.keys.task(before) if before else prefix_range_end(self.keys.tasks)
         while len(out) < limit:
-            kvs, more, _ = await self._range(self.keys.tasks, end, limit=max(limit * 2, 200), descend=True)
+            kvs, more, _ = await self._range(self.keys.tasks, end, limit=min(max(limit * 2, 200), 2000),
+                                             descend=True)
             for kv in kvs:
                 rec = decode(kv.value)
                 if match is None or match(rec):
@@ -488,6 +489,17 @@ class Store:
                     result.current[c.record.id] = (None, 0)  # fenced: the attempt is stale
         result.claimed = [r.response_txn.succeeded for r in resp.responses[len(completions):]]
         return result
+
+    async def delete_tasks(self, ids: list[str]) -> None:
+        """Remove task records (a deleted job). Running ones keep their running key until
+        their node notices the cancel; their late completion finds no record and is dropped."""
+        for i in range(0, len(ids), 64):
+            recs = await self._get_many(ids[i:i + 64])
+            ops = []
+            for tid, (rec, _) in recs.items():
+                ops += [_delete(self.keys.task(tid)), _delete(self.keys.queue(rec.spec.priority, tid))]
+            if ops:
+                await self._txn([], ops)
 
     async def put_progress(self, node_id: str, record: TaskRecord, read_rev: int, attempt_rev: int) -> int:
         """Write a running task's progress if its attempt is still ours and the record
