@@ -60,6 +60,50 @@ class MemoryLimit:
             pass
         return cls(None)
 
+    @classmethod
+    def group(cls, pid: int, name: str) -> "MemoryLimit | None":
+        """A cgroup of its own for a long-lived process (a warm worker), no limit yet;
+        None where this process may not make cgroups."""
+        if _BASE is None:
+            return None
+        group = _BASE / f"shoal-{name}"
+        try:
+            group.mkdir(exist_ok=True)
+            (group / "cgroup.procs").write_text(str(pid))
+        except OSError:
+            try:
+                group.rmdir()
+            except OSError:
+                pass
+            return None
+        return cls(group)
+
+    def set_limit(self, limit_bytes: int | None) -> bool:
+        """Cap (or uncap, with None) the group's memory. False if the kernel refused
+        (a cap below what the group already uses)."""
+        if self.path is None:
+            return False
+        v1 = (self.path / "memory.limit_in_bytes").exists()
+        value = str(limit_bytes) if limit_bytes else ("-1" if v1 else "max")
+        files = ["memory.limit_in_bytes", "memory.memsw.limit_in_bytes"] if v1 else ["memory.max"]
+        if v1 and not limit_bytes:
+            files.reverse()  # v1 keeps memsw >= limit: raise memsw first, lower it last
+        ok = True
+        for name in files:
+            try:
+                (self.path / name).write_text(value)
+            except OSError:
+                ok = ok and name.startswith("memory.memsw")  # swap accounting may be off
+        return ok
+
+    def reset_peak(self) -> None:
+        for name in ("memory.max_usage_in_bytes", "memory.peak"):
+            try:
+                (self.path / name).write_text("0")
+                return
+            except OSError:
+                continue
+
     def peak_bytes(self) -> int | None:
         if self.path is None:
             return None

@@ -18,6 +18,7 @@ import psutil
 from ..model import TaskRecord
 from .attempt import AttemptResult, log_paths, tail
 from . import attempt as _attempt
+from .limits import MemoryLimit
 
 _LEN = struct.Struct(">I")
 INLINE_RESULT_BYTES = 64 * 1024
@@ -28,6 +29,9 @@ class _Worker:
         self.proc = proc
         self.pid = proc.pid
         self.tasks_run = 0
+        # a cgroup of its own, where allowed: the kernel enforces each task's memory cap
+        # and keeps its peak; elsewhere the pool polls the worker's RSS instead
+        self.cg = MemoryLimit.group(proc.pid, f"worker-{proc.pid}")
 
     async def send(self, obj) -> None:
         data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
@@ -109,7 +113,12 @@ class WorkerPool:
         w.kill()
         if _attempt._guard is not None:
             _attempt._guard.forget(w.pid)
-        t = asyncio.get_running_loop().create_task(w.proc.wait())  # reap it
+
+        async def reap():
+            await w.proc.wait()
+            if w.cg is not None:
+                w.cg.release()
+        t = asyncio.get_running_loop().create_task(reap())
         self._tasks.add(t)
         t.add_done_callback(self._tasks.discard)
 
@@ -132,7 +141,11 @@ class WorkerPool:
                     att.timed_out = True
                     att.kill(f"timed out after {float(spec.timeout):g}s", 0)
                 timers.append(loop.call_later(float(spec.timeout), on_timeout))
-            if spec.memory:
+            enforced = False
+            if w.cg is not None:
+                w.cg.reset_peak()
+                enforced = w.cg.set_limit(spec.memory or None) and bool(spec.memory)
+            if spec.memory and not enforced:
                 timers.append(loop.create_task(self._watch_memory(att, w, spec.memory)))
             env = {**{k: v for k, v in spec.env.items()}, "SHOAL_TASK_ID": record.id,
                    "SHOAL_ATTEMPT": str(record.attempt), "SHOAL_NODE": self.node_id,
@@ -147,6 +160,9 @@ class WorkerPool:
             reply = await w.recv()
             cpu_s = max(0.0, _cpu(w.pid) - cpu0)
             rss = w.rss()
+            if w.cg is not None:
+                rss = w.cg.peak_bytes() or rss
+                w.cg.set_limit(None)
             w.tasks_run += 1
             if rss > max(spec.memory or 0, self.worker_max_rss) or len(self.idle) >= self.max_idle:
                 self._retire(w)  # it grew too big (or we have enough warm ones)
@@ -169,7 +185,10 @@ class WorkerPool:
                             cpu_s=round(cpu_s, 6), max_rss_bytes=rss, stdout_tail=out, stderr_tail=err,
                             stdout_bytes=out_size, stderr_bytes=err_size, timed_out=att.timed_out)
         if reply is None:
-            res.reason = att.kill_reason or f"its worker process died ({_words(worker_died)}) mid-task"
+            oom = att.worker is not None and att.worker.cg is not None and att.worker.cg.oom_killed()
+            res.reason = att.kill_reason or (
+                f"killed for exceeding its memory limit of {spec.memory >> 20} MiB" if oom and spec.memory
+                else f"its worker process died ({_words(worker_died)}) mid-task")
         elif "error" in reply:
             res.error = reply["error"]
             res.exit_code = 1
