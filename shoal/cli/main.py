@@ -7,7 +7,7 @@ import sys
 import typer
 
 from ..errors import ShoalError
-from . import cluster, tasks, mapping
+from . import cluster, tasks, mapping, dag
 
 app = typer.Typer(
     name="shoal", no_args_is_help=True, rich_markup_mode="rich",
@@ -25,6 +25,7 @@ def _main(debug: bool = typer.Option(False, "--debug", help="Show tracebacks on 
 cluster.register(app)
 tasks.register(app)
 mapping.register(app)
+dag.register(app)
 
 
 def run() -> None:

@@ -51,6 +51,8 @@ RESERVED = {
     "job": "set by the DAG: each run is its own job, <name>-<suffix>",
     "depends_on": "set by the DAG from `after` (use after: [step, ...])",
 }
+RESERVED.update({f: "Python function tasks are submitted from Python (@shoal.task), not from a DAG file"
+                 for f in ("function", "function_name", "working_dir") if f in TaskSpec.model_fields})
 SPEC_FIELDS = [f for f in TaskSpec.model_fields if f not in RESERVED]
 STEP_FIELDS = ["after", *SPEC_FIELDS]
 NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\Z")
@@ -61,19 +63,14 @@ MAX_STEP_NAME = 200   # a task name takes 256
 # -- a YAML loader that keeps line numbers and sees duplicate keys ----------------------
 
 class LineDict(dict):
-    """A mapping from the YAML, with the line of itself and of each key, and the keys
-    given twice: (key, first line, line of the repeat)."""
+    """A mapping from the YAML, with the line of itself and of each key, each scalar
+    value's raw text, and the keys given twice: (key, first line, line of the repeat)."""
     line = 1
-    key_lines: dict
-    dups: list
-    bad_keys: list
 
 
 class LineList(list):
     """A sequence from the YAML, with each item's line and raw text (None if not a scalar)."""
     line = 1
-    lines: list
-    raws: list
 
 
 class _Loader(yaml.SafeLoader):
@@ -82,7 +79,7 @@ class _Loader(yaml.SafeLoader):
 
 def _construct_map(loader: _Loader, node: yaml.MappingNode):
     data = LineDict()
-    data.line, data.key_lines, data.dups, data.bad_keys = node.start_mark.line + 1, {}, [], []
+    data.line, data.key_lines, data.raw, data.dups, data.bad_keys = node.start_mark.line + 1, {}, {}, [], []
     yield data
     own: dict[str, int] = {}
     for k, _ in node.value:  # before merge keys are expanded: only keys written here
@@ -99,6 +96,7 @@ def _construct_map(loader: _Loader, node: yaml.MappingNode):
             continue
         data[k.value] = loader.construct_object(v)  # keys as written: `on` stays "on"
         data.key_lines[k.value] = k.start_mark.line + 1
+        data.raw[k.value] = v.value if isinstance(v, yaml.ScalarNode) else None
 
 
 def _construct_seq(loader: _Loader, node: yaml.SequenceNode):
@@ -129,13 +127,14 @@ def load_yaml(text: str):
         loader.dispose()
 
 
-def plain(obj):
+def plain(obj, _depth: int = 0):
     """LineDict/LineList turned back into dict/list, all the way down."""
+    if _depth > 100:  # an anchor used inside itself (`a: &x {env: *x}`) never ends
+        raise InvalidSpec(["line 1: a YAML anchor is used inside itself (&name ... *name), or nested "
+                           "over 100 deep"])
     if isinstance(obj, dict):
-        return {k: plain(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [plain(v) for v in obj]
-    return obj
+        return {k: plain(v, _depth + 1) for k, v in obj.items()}
+    return [plain(v, _depth + 1) for v in obj] if isinstance(obj, list) else obj
 
 
 # -- the parsed DAG ---------------------------------------------------------------------
@@ -168,10 +167,8 @@ class Dag:
 
     def layers(self) -> list[list[Step]]:
         """Steps by layer: each layer depends only on the ones before it."""
-        out: list[list[Step]] = []
+        out: list[list[Step]] = [[] for _ in range(1 + max((s.layer for s in self.steps.values()), default=-1))]
         for s in self.steps.values():
-            while len(out) <= s.layer:
-                out.append([])
             out[s.layer].append(s)
         return out
 
@@ -184,13 +181,8 @@ class _Problems:
         self.items.append((line, f"line {line}: {where}: {msg}"))
 
     def raise_any(self) -> None:
-        if self.items:
-            seen, out = set(), []
-            for _, text in sorted(self.items, key=lambda p: p[0]):  # stable: by line, then found
-                if text not in seen:
-                    seen.add(text)
-                    out.append(text)
-            raise InvalidSpec(out)
+        if self.items:  # by line, then in the order found; each problem once
+            raise InvalidSpec(list(dict.fromkeys(t for _, t in sorted(self.items, key=lambda p: p[0]))))
 
 
 def _kind(v) -> str:
@@ -210,12 +202,9 @@ def _dups(obj, path: str, p: _Problems, seen: set) -> None:
     seen.add(id(obj))
     if isinstance(obj, LineDict):
         for key, first, line in obj.dups:
-            if path == "steps":
-                p.add(line, f"steps.{key}", f"duplicate step name (first defined at line {first}; "
-                                            "YAML would silently keep only the last)")
-            else:
-                p.add(line, f"{path}.{key}" if path else key,
-                      f"duplicate key (first at line {first}; YAML would silently keep only the last)")
+            what = "step name (first defined" if path == "steps" else "key (first"
+            p.add(line, f"{path}.{key}" if path else key,
+                  f"duplicate {what} at line {first}; YAML would silently keep only the last)")
         for line in obj.bad_keys:
             p.add(line, path or "top level", "a key must be a plain name, not a list or mapping")
         for k, v in obj.items():
@@ -241,8 +230,11 @@ def _line_of(obj, parts: list[str], fallback: int) -> int:
 def _spec_problems(problems: list[str], own: LineDict, where: str, fallback: int,
                    known: list[str], p: _Problems, skip=lambda parts: False) -> None:
     """TaskSpec.parse's problems, each placed at its line and prefixed with `where`."""
+    locs = {prob.partition(": ")[0] for prob in problems}
     for prob in problems:
         loc, sep, msg = prob.partition(": ")
+        if any(other.startswith(loc + ".") for other in locs):
+            continue  # a union's other branch: the item-level problem says more
         if not sep:
             loc, msg = "task", prob
         parts = loc.split(".")
@@ -254,10 +246,8 @@ def _spec_problems(problems: list[str], own: LineDict, where: str, fallback: int
 
 
 def _name(data: LineDict, default_name: str, p: _Problems) -> str:
-    name = data.get("name", default_name)
-    line = data.key_lines.get("name", 1)
-    if isinstance(name, (int, float)) and not isinstance(name, bool):
-        name = str(name)
+    name, line = data.get("name", default_name), data.key_lines.get("name", 1)
+    name = data.raw["name"] if isinstance(name, (int, float)) and not isinstance(name, bool) else name
     if not isinstance(name, str) or not NAME_RE.match(name) or len(name) > MAX_DAG_NAME:
         p.add(line, "name", f"{name!r} is not a DAG name (use letters, digits, _ . - ; at most "
                             f"{MAX_DAG_NAME} characters; it becomes the job id prefix)")
@@ -266,12 +256,10 @@ def _name(data: LineDict, default_name: str, p: _Problems) -> str:
 
 
 def _defaults(data: LineDict, base_dir: str | None, p: _Problems) -> LineDict:
-    raw = data.get("defaults")
-    line = data.key_lines.get("defaults", 1)
-    if raw is None:
-        return LineDict()
-    if not isinstance(raw, LineDict):
+    raw, line = data.get("defaults"), data.key_lines.get("defaults", 1)
+    if raw is not None and not isinstance(raw, LineDict):
         p.add(line, "defaults", f"expected a mapping of task fields (retries: 1, cpus: 2, ...), got {_kind(raw)}")
+    if not isinstance(raw, LineDict):
         return LineDict()
     fields = {}
     for key, value in raw.items():
@@ -295,12 +283,11 @@ def _resolve_cwd(key: str, value, base_dir: str | None):
 
 def _after(name: str, body: LineDict, p: _Problems) -> list[tuple[str, int]]:
     """(step name, line) for each entry of the step's `after`."""
-    raw = body.get("after")
-    line = body.key_lines.get("after", body.line)
+    raw, line = body.get("after"), body.key_lines.get("after", body.line)
     if raw is None:
         return []
-    if isinstance(raw, str):
-        return [(raw, line)]
+    if body.raw.get("after") is not None:  # one name, as written (`after: on` is not true)
+        return [(body.raw["after"], line)]
     if not isinstance(raw, LineList):
         p.add(line, f"steps.{name}.after", f"expected a step name or a list of step names, got {_kind(raw)}")
         return []
@@ -335,23 +322,20 @@ def parse_dag(text: str, default_name: str = "dag", base_dir: str | None = None)
     default_fields = {k: _resolve_cwd(k, plain(v), base_dir) for k, v in defaults.items()
                       if k not in RESERVED and k != "after"}
 
-    steps_raw = data.get("steps")
-    steps_line = data.key_lines.get("steps", 1)
-    if "steps" not in data:
-        p.add(1, "steps", "missing (give at least one step: steps: {hello: {command: echo hi}})")
-        steps_raw = LineDict()
-    elif steps_raw is None or steps_raw == {}:
-        p.add(steps_line, "steps", "no steps (give at least one: steps: {hello: {command: echo hi}})")
-        steps_raw = LineDict()
+    steps_raw, steps_line = data.get("steps"), data.key_lines.get("steps", 1)
+    example = "steps: {hello: {command: echo hi}}"
+    if "steps" not in data or steps_raw is None or steps_raw == {}:
+        p.add(steps_line, "steps", f"missing (give at least one step: {example})" if "steps" not in data
+              else f"no steps (give at least one: {example})")
     elif not isinstance(steps_raw, LineDict):
         p.add(steps_line, "steps", f"expected a mapping of step name -> fields, got {_kind(steps_raw)}")
+    if not isinstance(steps_raw, LineDict):
         steps_raw = LineDict()
 
     parsed: dict[str, tuple[int, dict, TaskSpec | None]] = {}
     afters: dict[str, list[tuple[str, int]]] = {}
     for name, body in steps_raw.items():
-        line = steps_raw.key_lines[name]
-        where = f"steps.{name}"
+        line, where = steps_raw.key_lines[name], f"steps.{name}"
         if not NAME_RE.match(name) or len(name) > MAX_STEP_NAME:
             p.add(line, where, f"{name!r} is not a step name (use letters, digits, _ . - ; at most "
                                f"{MAX_STEP_NAME} characters)")
@@ -374,10 +358,10 @@ def parse_dag(text: str, default_name: str = "dag", base_dir: str | None = None)
         merged = dict(default_fields, **own)
         if isinstance(default_fields.get("env"), dict) and isinstance(own.get("env"), dict):
             merged["env"] = {**default_fields["env"], **own["env"]}
-        missing = "command" not in merged
+        missing = merged.get("command") is None
         if missing:
             p.add(line, where, "missing command (a shell string, or an argv list such as [sort, -u, x.txt])")
-        merged = dict(merged, name=name, command=merged.get("command", "true"))
+        merged = dict(merged, name=name, command="true" if missing else merged["command"])
 
         def from_defaults(parts: list[str], own=own) -> bool:  # reported once, under defaults
             if parts[0] == "env" and len(parts) > 1 and isinstance(own.get("env"), dict):
@@ -410,9 +394,9 @@ def parse_dag(text: str, default_name: str = "dag", base_dir: str | None = None)
         if len(ring) == 1:
             p.add(line, f"steps.{first}.after", f"cycle: {first} runs after itself")
         else:
+            links = ", ".join(f"{a} runs after {b}" for a, b in zip(ring, ring[1:] + ring[:1]))
             p.add(line, f"steps.{first}.after",
-                  f"cycle: {' -> '.join(ring + [first])} (each runs after the next, so none can start; "
-                  f"steps on it: {', '.join(ring)})")
+                  f"cycle: {' -> '.join(ring + [first])} ({links}; none of them can start)")
         for n in ring:
             edges.pop(n)
     p.raise_any()

@@ -41,7 +41,11 @@ class QueueView:
                 self.discard(kv.key)
         return added
 
-    def discard(self, key: bytes) -> None:
+    def discard(self, key: bytes, revision: int | None = None) -> None:
+        """Drop an entry; with `revision`, only if it is still that version (a newer one the
+        watch delivered meanwhile, e.g. while a claim on the old one was in flight, stays)."""
+        if revision is not None and (kv := self._entries.get(key)) is not None and kv.mod_revision != revision:
+            return
         self._entries.pop(key, None)
         self._records.pop(key, None)
 

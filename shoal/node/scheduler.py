@@ -224,7 +224,7 @@ class Scheduler:
 
     def _after_claims(self, claims: list[Claim], result) -> None:
         for c, ok in zip(claims, result.claimed):
-            self.queue.discard(c.queue_key)
+            self.queue.discard(c.queue_key, None if ok else c.queued_rev)
             if ok:
                 self.running[c.task_id] = Running(c.record, result.revision, result.revision, None)
                 self.ready.append(c.task_id)

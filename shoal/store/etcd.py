@@ -283,6 +283,14 @@ class Store:
         a retried submit cannot reset a task a node already claimed. A task with
         dependencies goes in through submit_dependent, in order, after the ones before it."""
         if any(r.spec.depends_on for r in records):
+            # all or none: every dependency outside the batch must exist before any is written
+            mine = {r.id for r in records}
+            outside = list(dict.fromkeys(d for r in records for d in r.spec.depends_on if d not in mine))
+            found = await self._get_many(outside)
+            missing = [f"tasks[{i}].depends_on: no task {d!r} (unknown id, or past its retention)"
+                       for i, r in enumerate(records) for d in r.spec.depends_on if d not in mine and d not in found]
+            if missing:
+                raise InvalidSpec(missing)
             out: list[TaskRecord] = []
             for r in records:
                 out += [await self.submit_dependent(r)] if r.spec.depends_on else await self.submit([r])
