@@ -32,6 +32,8 @@ class _Worker:
         # a cgroup of its own, where allowed: the kernel enforces each task's memory cap
         # and keeps its peak; elsewhere the pool polls the worker's RSS instead
         self.cg = MemoryLimit.group(proc.pid, f"worker-{proc.pid}")
+        self.cap: int | None = None        # the cgroup's current memory cap
+        self.ps = psutil.Process(proc.pid)
 
     async def send(self, obj) -> None:
         data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
@@ -50,9 +52,24 @@ class _Worker:
 
     def rss(self) -> int:
         try:
-            return psutil.Process(self.pid).memory_info().rss
+            return self.ps.memory_info().rss
         except psutil.Error:
             return 0
+
+    def cpu_s(self) -> float:
+        try:
+            t = self.ps.cpu_times()
+            return t.user + t.system
+        except psutil.Error:
+            return 0.0
+
+    def set_cap(self, limit: int | None) -> bool:
+        """Cap the worker's cgroup for the next task (no write when it is already so)."""
+        if limit == self.cap:
+            return True
+        ok = self.cg.set_limit(limit)
+        self.cap = limit if ok else None
+        return ok
 
 
 class FunctionAttempt:
@@ -144,7 +161,7 @@ class WorkerPool:
             enforced = False
             if w.cg is not None:
                 w.cg.reset_peak()
-                enforced = w.cg.set_limit(spec.memory or None) and bool(spec.memory)
+                enforced = w.set_cap(spec.memory or None) and bool(spec.memory)
             if spec.memory and not enforced:
                 timers.append(loop.create_task(self._watch_memory(att, w, spec.memory)))
             env = {**{k: v for k, v in spec.env.items()}, "SHOAL_TASK_ID": record.id,
@@ -152,17 +169,14 @@ class WorkerPool:
                    "SHOAL_PROGRESS_FILE": str(out_path.with_suffix(".progress")),
                    "SHOAL_ADDRESS": self.api_url}
             att.started_at = time.time()
-            cpu0 = _cpu(w.pid)
+            cpu0 = w.cpu_s()
             await w.send({"function": spec.function, "env": env, "cwd": spec.cwd,
                           "working_dir": spec.working_dir, "out": str(out_path), "err": str(err_path),
                           "result_path": str(result_path), "inline_limit": INLINE_RESULT_BYTES,
                           "api": self.api_url, "node": self.node_id})
             reply = await w.recv()
-            cpu_s = max(0.0, _cpu(w.pid) - cpu0)
-            rss = w.rss()
-            if w.cg is not None:
-                rss = w.cg.peak_bytes() or rss
-                w.cg.set_limit(None)
+            cpu_s = max(0.0, w.cpu_s() - cpu0)
+            rss = (w.cg.peak_bytes() if w.cg is not None else None) or w.rss()
             w.tasks_run += 1
             if rss > max(spec.memory or 0, self.worker_max_rss) or len(self.idle) >= self.max_idle:
                 self._retire(w)  # it grew too big (or we have enough warm ones)
@@ -215,14 +229,6 @@ class WorkerPool:
         self.idle.clear()
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=5)
-
-
-def _cpu(pid: int) -> float:
-    try:
-        t = psutil.Process(pid).cpu_times()
-        return t.user + t.system
-    except psutil.Error:
-        return 0.0
 
 
 async def _exit_code(w: _Worker) -> int | None:
