@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..model import TaskSpec
+from .capture import Capture
 from .limits import MemoryLimit
 
 
@@ -72,6 +73,9 @@ class Attempt:
     _timed_out: bool = False
     _limit: MemoryLimit | None = None
     parent_peak_rss: int = 0
+    _out: Capture | None = None
+    _err: Capture | None = None
+    _exit: tuple | None = None   # (status, rusage, finished_at) once the leader has exited
 
     def kill(self, reason: str, grace_s: float) -> None:
         """SIGTERM the group now, SIGKILL it after grace_s if it is still there."""
@@ -115,26 +119,44 @@ class Attempt:
         _signal_group(self.pid, signal.SIGKILL)
         if _guard is not None:
             _guard.forget(self.pid)
+        self._exit = (status, ru, time.time())
+        # the pipes close when the last writer is gone; one that escaped the group (a
+        # daemon of its own session) must not hold the attempt open
+        self._timers.append(loop.call_later(1.0, self._give_up_streams))
+        self._maybe_done()
+
+    def _give_up_streams(self) -> None:
+        for c in (self._out, self._err):
+            if c is not None:
+                c.close()
+
+    def _maybe_done(self) -> None:
+        if self._exit is None or self.done.done():
+            return
+        if any(c is not None and not c.closed for c in (self._out, self._err)):
+            return
+        for t in self._timers:
+            t.cancel()
+        status, ru, finished = self._exit
         if self._limit:
             if self._limit.oom_killed() and not self._kill_reason:
                 self._kill_reason = "killed for exceeding its memory limit"
             self._limit.release()
-        out, out_size = tail(self.out_path, self.tail_bytes)
-        err, err_size = tail(self.err_path, self.tail_bytes)
+        out, err = self._out, self._err
         code = os.waitstatus_to_exitcode(status)
         sig = -code if code < 0 else None
-        if code != 0 and not self._kill_reason and _disk_full(self.out_path):
-            self._kill_reason = f"exit code {code}; the node's log disk ({self.out_path.parent}) is full"
+        if (out.disk_full or err.disk_full) and not self._kill_reason:
+            self._kill_reason = (f"exit code {code}; the node's log disk ({self.out_path.parent}) is full, "
+                                 "so its output could not be kept")
         result = AttemptResult(
             exit_code=None if sig else code, signal=sig, started_at=self.started_at,
-            finished_at=time.time(),
+            finished_at=finished,
             cpu_s=round(ru.ru_utime + ru.ru_stime, 6) if ru else 0.0,
             max_rss_bytes=self._max_rss(ru),
-            stdout_tail=out, stderr_tail=err, stdout_bytes=out_size, stderr_bytes=err_size,
+            stdout_tail=out.text(), stderr_tail=err.text(), stdout_bytes=out.size, stderr_bytes=err.size,
             reason=self._kill_reason, timed_out=self._timed_out,
             killed=self._kill_reason is not None and not self._timed_out)
-        if not self.done.done():
-            self.done.set_result(result)
+        self.done.set_result(result)
 
 
 _guard = None  # this process's attempt guard, if it started one (see guard.py)
@@ -165,13 +187,6 @@ def _own_peak_rss() -> int:
     return _peak[1]
 
 
-def _disk_full(path: Path) -> bool:
-    try:
-        return os.statvfs(path.parent).f_bavail == 0
-    except OSError:
-        return False
-
-
 def _signal_group(pgid: int, sig: int) -> None:
     try:
         os.killpg(pgid, sig)
@@ -200,9 +215,6 @@ def _spawn(argv: list[str], env: dict, stdin, out: int, err: int, cwd: str | Non
     return proc.pid
 
 
-_WRITE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
-
-
 def log_paths(log_dir: Path, task_id: str, n: int) -> tuple[Path, Path]:
     """Files of attempt n, flat in the node's log directory (no directory per task)."""
     return log_dir / f"{task_id}.{n}.out", log_dir / f"{task_id}.{n}.err"
@@ -227,23 +239,23 @@ def start(spec: TaskSpec, task_id: str, n: int, log_dir: Path, node_id: str,
     env["SHOAL_NODE"] = node_id
     env["SHOAL_PROGRESS_FILE"] = str(out_path.with_suffix(".progress"))
     argv = spec.argv()
-    out = err = -1
+    out_r, out_w = os.pipe2(os.O_CLOEXEC)
+    err_r, err_w = os.pipe2(os.O_CLOEXEC)
     try:
-        out = os.open(out_path, _WRITE, 0o644)
-        err = os.open(err_path, _WRITE, 0o644)
-        pid = _spawn(argv, env, stdin, out, err, spec.cwd)
-    except FileNotFoundError:
-        raise SetupError(f"command not found on node {node_id}: {argv[0]!r}") from None
-    except PermissionError:
-        raise SetupError(f"command not executable on node {node_id}: {argv[0]!r}") from None
+        pid = _spawn(argv, env, stdin, out_w, err_w, spec.cwd)
     except OSError as e:
+        for fd in (out_r, err_r):
+            os.close(fd)
+        if isinstance(e, FileNotFoundError):
+            raise SetupError(f"command not found on node {node_id}: {argv[0]!r}") from None
+        if isinstance(e, PermissionError):
+            raise SetupError(f"command not executable on node {node_id}: {argv[0]!r}") from None
         raise SetupError(f"could not start {argv[0]!r} on node {node_id}: {e}") from None
     finally:
         if stdin is not subprocess.DEVNULL:
             stdin.close()
-        for fd in (out, err):
-            if fd >= 0:
-                os.close(fd)
+        os.close(out_w)
+        os.close(err_w)
     started = time.time()
     loop = asyncio.get_running_loop()
     att = Attempt(task_id, n, pid, started, out_path, err_path, tail_bytes, loop.create_future(),
@@ -252,6 +264,8 @@ def start(spec: TaskSpec, task_id: str, n: int, log_dir: Path, node_id: str,
         att._limit = MemoryLimit.apply(pid, spec.memory, f"{task_id}-{n}")
     if _guard is not None:
         _guard.watch(pid)
+    att._out = Capture(out_r, out_path, tail_bytes, att._maybe_done)
+    att._err = Capture(err_r, err_path, tail_bytes, att._maybe_done)
     att._pidfd = os.pidfd_open(pid)
     loop.add_reader(att._pidfd, att._on_exit)
     if spec.timeout:

@@ -14,6 +14,7 @@ import sys
 import traceback
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 _LEN = struct.Struct(">I")
 
@@ -59,23 +60,27 @@ class Worker:
         os.close(null)
         self.env = dict(os.environ)
         self.cwd = os.getcwd()
+        self._files: dict[str, int] = {}   # scratch output files, by path
         self.path = list(sys.path)
 
     def serve(self) -> None:
         write_frame(self.out, {"ready": os.getpid()})
         while (msg := read_frame(self.inp)) is not None:
             write_frame(self.out, self.run(msg))
+        for path, fd in self._files.items():  # the node let us go: leave no scratch behind
+            os.close(fd)
+            os.unlink(path)
 
     def run(self, msg: dict) -> dict:
-        out = os.open(msg["out"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        err = os.open(msg["err"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        os.dup2(out, 1)
-        os.dup2(err, 2)
-        os.close(out)
-        os.close(err)
-        os.environ.clear()
-        os.environ.update(self.env)
-        os.environ.update(msg["env"])
+        # output goes to two scratch files kept open across tasks (truncated each time) and
+        # renamed to the attempt's log names only when something was written: creating a
+        # file costs far more than the whole of a small task on some filesystems
+        scratch = self._scratch(Path(msg["out"]).parent)
+        for fd, (path, f) in zip((1, 2), scratch):
+            os.ftruncate(f, 0)
+            os.lseek(f, 0, os.SEEK_SET)
+            os.dup2(f, fd)
+        self._set_env({**self.env, **msg["env"]})
         where = msg.get("working_dir")
         try:
             if where:
@@ -92,8 +97,32 @@ class Worker:
             os.dup2(null, 1)
             os.dup2(null, 2)
             os.close(null)
+            for (path, f), target in zip(scratch, (msg["out"], msg["err"])):
+                if os.fstat(f).st_size:
+                    os.rename(path, target)
+                    os.close(f)
+                    self._files.pop(path, None)
             os.chdir(self.cwd)
             sys.path[:] = self.path
+
+    def _scratch(self, log_dir: Path) -> list[tuple[str, int]]:
+        out = []
+        for kind in ("out", "err"):
+            path = str(log_dir / f".worker-{os.getpid()}.{kind}")
+            if path not in self._files:
+                self._files[path] = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            out.append((path, self._files[path]))
+        return out
+
+    @staticmethod
+    def _set_env(want: dict) -> None:
+        """Make os.environ equal `want`, touching only what differs."""
+        env = os.environ
+        for k in [k for k in env if k not in want]:
+            del env[k]
+        for k, v in want.items():
+            if env.get(k) != v:
+                env[k] = v
 
     def _call(self, msg: dict) -> dict:
         import cloudpickle

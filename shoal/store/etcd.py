@@ -340,6 +340,12 @@ class Store:
                     if not rec.is_final:
                         compares.append(_cmp(self.keys.task(d), "MOD", rev))
                         ops += self._put_task_ops(rec.model_copy(update={"dependents": [*rec.dependents, new.id]}))
+            size = sum(op.request_put.ByteSize() for op in ops)
+            if size > MAX_REQUEST_BYTES - 64 * 1024:
+                raise TooLarge(
+                    f"task {new.spec.name or new.id}: it depends on {len(deps)} tasks that have not ended, "
+                    f"and recording that takes a {size:,}-byte etcd request (at most {MAX_REQUEST_BYTES:,}). "
+                    "Fan in through intermediate tasks (e.g. sum groups of 100, then the groups)")
             resp = await self._txn(compares, ops)
             if resp.succeeded:
                 return new
