@@ -42,7 +42,8 @@ class NodeSettings:
     max_retries: int = DEFAULT_MAX_RETRIES
     claim_scan: int = 1000
     prefetch_per_slot: int = 8      # tasks claimed ahead per slot when the queue is deep...
-    prefetch_below_s: float = 0.25  # ...and recent attempts take less than this
+    prefetch_below_s: float = 0.25  # ...and recent attempts take less than this...
+    prefetch_horizon_s: float = 0.05  # ...holding no more than a slot starts in this long
 
     @property
     def log_dir(self) -> Path:

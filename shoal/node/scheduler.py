@@ -72,7 +72,10 @@ class Scheduler:
         another node sits idle."""
         if self.avg_runtime_s is None or self.avg_runtime_s > self.s.prefetch_below_s:
             return 0
-        return self.s.prefetch_per_slot * self.s.slots
+        # no more than the slots will start within the horizon: tasks held here are tasks
+        # another node cannot take, and that the reaper must hand on if we die
+        per_slot = min(self.s.prefetch_per_slot, int(self.s.prefetch_horizon_s / max(self.avg_runtime_s, 1e-4)))
+        return per_slot * self.s.slots
 
     def busy(self) -> int:
         return sum(1 for r in self.running.values() if r.proc is not None and not r.proc.done.done())
