@@ -41,6 +41,7 @@ import os
 import shlex
 import statistics
 import subprocess
+import signal
 import sys
 import tempfile
 import time
@@ -677,4 +678,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    # SIGTERM unwinds like Ctrl-C, so the cluster this run started is destroyed
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     sys.exit(main())

@@ -17,6 +17,7 @@ import math
 import os
 import statistics
 import subprocess
+import signal
 import sys
 import tempfile
 import time
@@ -135,4 +136,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    # SIGTERM unwinds like Ctrl-C, so the cluster this run started is destroyed
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     sys.exit(main())

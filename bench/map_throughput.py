@@ -9,6 +9,7 @@ import argparse
 import os
 import shutil
 import subprocess
+import signal
 import sys
 import tempfile
 import time
@@ -151,4 +152,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    # SIGTERM unwinds like Ctrl-C, so the cluster this run started is destroyed
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     sys.exit(main())

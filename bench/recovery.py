@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -201,4 +202,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    # SIGTERM unwinds like Ctrl-C, so the cluster this run started is destroyed
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     sys.exit(main())
