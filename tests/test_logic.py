@@ -220,3 +220,12 @@ def test_progress_lines_last_wellformed_one_wins():
     assert last_progress(out, from_stdout=True) == (1.0, "done all")
     assert last_progress(b"0.5 half way\n", from_stdout=False) == (0.5, "half way")
     assert last_progress(b"nothing here\n", from_stdout=True) is None
+
+
+def test_plan_claims_takes_some_ahead_and_reports_the_next_backoff():
+    now = time.time()
+    cands = [("a", spec(), None), ("b", spec(), now + 5), ("c", spec(), None), ("d", spec(), None),
+             ("e", spec(cpus=8), None)]
+    ids, wake_at = placement.plan_claims(iter(cands), Capacity(1, 1 << 30, 0, 1), [], now,
+                                         total=Capacity(2, 1 << 30, 0, 2), extra=2)
+    assert ids == ["a", "c", "d"] and wake_at == now + 5  # one fits now, two ahead; e never fits

@@ -39,7 +39,6 @@ class AttemptResult:
     result_ref: dict | None = None   # ... or where a big one is kept
     error: dict | None = None   # ... or the exception it raised
     timed_out: bool = False
-    killed: bool = False        # cancelled or fenced
 
 
 def tail(path: Path, nbytes: int) -> tuple[str, int]:
@@ -154,8 +153,7 @@ class Attempt:
             cpu_s=round(ru.ru_utime + ru.ru_stime, 6) if ru else 0.0,
             max_rss_bytes=self._max_rss(ru),
             stdout_tail=out.text(), stderr_tail=err.text(), stdout_bytes=out.size, stderr_bytes=err.size,
-            reason=self._kill_reason, timed_out=self._timed_out,
-            killed=self._kill_reason is not None and not self._timed_out)
+            reason=self._kill_reason, timed_out=self._timed_out)
         self.done.set_result(result)
 
 

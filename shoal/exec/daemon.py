@@ -16,13 +16,6 @@ def spawn_daemon(argv: list[str], log_path: str, env: dict | None = None, cwd: s
     return proc.pid
 
 
-def spawn_child(argv: list[str], log_path: str, env: dict | None = None) -> subprocess.Popen:
-    """Like spawn_daemon but keeps the Popen so the caller can wait on it."""
-    with open(log_path, "ab") as log:
-        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True, env=env, close_fds=True)
-
-
 def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -19,10 +19,6 @@ class Capacity:
         return Capacity(self.cpus - spec.cpus, self.memory - spec.memory,
                         self.gpus - spec.gpus, self.slots - 1, self.disk - spec.disk)
 
-    def plus(self, spec: TaskSpec) -> "Capacity":
-        return Capacity(self.cpus + spec.cpus, self.memory + spec.memory,
-                        self.gpus + spec.gpus, self.slots + 1, self.disk + spec.disk)
-
 
 def has_labels(required: list[str], offered: list[str]) -> bool:
     """Each required label is offered: 'k=v' must match exactly, bare 'k' matches any k or k=v."""
@@ -38,27 +34,37 @@ def fits(spec: TaskSpec, free: Capacity, labels: list[str]) -> bool:
             and has_labels(spec.labels, labels))
 
 
-def could_ever_fit(spec: TaskSpec, total: Capacity, labels: list[str]) -> bool:
-    return fits(spec, Capacity(total.cpus, total.memory, total.gpus, max(total.slots, 1), total.disk), labels)
+def plan_claims(candidates, free: Capacity, labels: list[str], now: float, limit: int | None = None,
+                total: Capacity | None = None, extra: int = 0) -> tuple[list[str], float | None]:
+    """Ids to claim, in queue order, and the earliest time a task held back by its retry
+    backoff becomes claimable (None if none is).
 
-
-def choose_claims(candidates: list[tuple[str, TaskSpec, float | None]], free: Capacity,
-                  labels: list[str], now: float, limit: int) -> list[str]:
-    """Ids to claim, in queue order, that fit together into `free`.
-
-    `candidates` are (id, spec, not_before) in claim order. A task that does not fit
-    is skipped so smaller ones behind it can still run (no head-of-line blocking
-    on one node; a big task waits for a node it fits)."""
-    chosen = []
+    `candidates` yields (id, spec, not_before) in claim order and is read only as far as
+    needed, so a deep queue costs nothing once the node is full. A task that does not fit
+    is skipped so smaller ones behind it can still run. Beyond what fits `free`, up to
+    `extra` more are taken if each fits the whole node (`total`): claimed ahead, to start
+    as soon as a slot frees."""
+    chosen: list[str] = []
+    soonest = None
     for task_id, spec, not_before in candidates:
-        if len(chosen) >= limit or free.slots < 1:
+        if (limit is not None and len(chosen) >= limit) or (free.slots < 1 and extra < 1):
             break
         if not_before is not None and not_before > now:
+            soonest = not_before if soonest is None else min(soonest, not_before)
             continue
         if fits(spec, free, labels):
-            chosen.append(task_id)
             free = free.minus(spec)
-    return chosen
+        elif extra >= 1 and total is not None and fits(spec, total, labels):
+            extra -= 1
+        else:
+            continue
+        chosen.append(task_id)
+    return chosen, soonest
+
+
+def choose_claims(candidates, free: Capacity, labels: list[str], now: float, limit: int) -> list[str]:
+    """The ids plan_claims picks, with nothing claimed ahead."""
+    return plan_claims(candidates, free, labels, now, limit)[0]
 
 
 def claim_delay_s(running: int, slots: int, base_s: float = 0.004) -> float:

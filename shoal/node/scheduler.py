@@ -166,8 +166,8 @@ class Scheduler:
                 self.wake.set()
 
     def _choose_claims(self) -> list[Claim]:
-        """Walk the queue head in claim order, taking what fits what is free. Stops as soon
-        as the slots are full, so a deep queue costs nothing per step."""
+        """What to claim now: placement decides over the queue head (read lazily), this
+        turns its choice into claim transactions."""
         now = time.time()
         free = self.free()
         for tid in self.ready:
@@ -175,24 +175,17 @@ class Scheduler:
         # beyond what is free, a deep queue lets us hold `prefetch` more, each of which
         # must fit the whole node
         extra = max(0, self.prefetch() - len(self.ready)) if len(self.queue) > self.s.slots else 0
-        claims: list[Claim] = []
-        soonest = None
-        for key, kv, rec in self.queue.head(self.s.claim_scan):
-            if free.slots < 1 and extra < 1:
-                break
-            if rec.id in self.running:
-                continue
-            if rec.not_before is not None and rec.not_before > now:
-                soonest = rec.not_before if soonest is None else min(soonest, rec.not_before)
-                continue
-            if placement.fits(rec.spec, free, self.s.labels):
-                free = free.minus(rec.spec)
-            elif extra >= 1 and placement.fits(rec.spec, self.total, self.s.labels):
-                extra -= 1
-            else:
-                continue
-            claims.append(Claim(rec.id, transitions.start_attempt(rec, self.s.node_id, now), key,
-                                kv.mod_revision))
+        by_id = {}
+
+        def candidates():
+            for key, kv, rec in self.queue.head(self.s.claim_scan):
+                if rec.id not in self.running:
+                    by_id[rec.id] = (key, kv, rec)
+                    yield rec.id, rec.spec, rec.not_before
+        ids, soonest = placement.plan_claims(candidates(), free, self.s.labels, now,
+                                             total=self.total, extra=extra)
+        claims = [Claim(tid, transitions.start_attempt(by_id[tid][2], self.s.node_id, now), by_id[tid][0],
+                        by_id[tid][1].mod_revision) for tid in ids]
         if soonest is not None:
             self._arm_retry_timer(soonest - now)
         return claims
