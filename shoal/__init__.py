@@ -21,8 +21,11 @@ def __getattr__(name: str):
     if name in ("task", "Future", "as_completed", "progress"):
         from . import functions
         return getattr(functions, name)
+    if name == "flow":
+        from .flowapi import flow
+        return flow
     raise AttributeError(name)
 
 
-__all__ = ["task", "Future", "as_completed", "progress", "connect", "aconnect", "ShoalError", "InvalidSpec", "NotFound", "Conflict", "TooLarge",
+__all__ = ["flow", "task", "Future", "as_completed", "progress", "connect", "aconnect", "ShoalError", "InvalidSpec", "NotFound", "Conflict", "TooLarge",
            "StoreUnavailable", "TaskFailed", "__version__"]

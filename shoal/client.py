@@ -265,6 +265,26 @@ class AsyncClient:
 
     # -- cluster ------------------------------------------------------------------
 
+    # -- flows ---------------------------------------------------------------------------
+
+    async def run_flow(self, spec, base_dir: str = ".", **kw):
+        """Run a flow (a FlowSpec, or a Flow from shoal.flow()) to the end; a FlowResult.
+        Keywords: stdin, items (an iterable for a stage that reads one), stdout (a binary
+        file for a stage that writes '-'), on_status (called with the live status)."""
+        from .flowrun import run_flow
+        spec = spec.spec() if hasattr(spec, "spec") and callable(spec.spec) else spec
+        return await run_flow(self, spec, base_dir, **kw)
+
+    async def flow_status(self, run: str) -> dict:
+        """A flow run's record, with each stage's instances: state, node, records in/out."""
+        return await self._json("GET", f"/v1/flows/{run}")
+
+    async def flows(self, limit: int = 50) -> list[dict]:
+        return (await self._json("GET", "/v1/flows", params={"limit": limit}))["flows"]
+
+    async def cancel_flow(self, run: str) -> dict:
+        return await self._json("POST", f"/v1/flows/{run}/cancel")
+
     async def nodes(self) -> list[dict]:
         return (await self._json("GET", "/v1/nodes"))["nodes"]
 

@@ -12,6 +12,7 @@ from .. import __version__
 from ..errors import Conflict, InvalidSpec, NotFound, ShoalError, StoreFull, StoreUnavailable, TooLarge
 from ..model import TaskRecord, TaskSpec, TaskState, new_ids
 from ..model.task import describe_errors
+from .flows import router as flows_router
 from .logs import router as logs_router
 from .results import router as results_router
 from .streams import router as streams_router
@@ -129,6 +130,7 @@ def create_app(node) -> FastAPI:
                       "version": __version__}, 200 if etcd_ok else 503)
 
     app.include_router(logs_router)
+    app.include_router(flows_router)
     app.include_router(results_router)
     app.include_router(streams_router)
     return app

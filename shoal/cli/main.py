@@ -7,7 +7,7 @@ import sys
 import typer
 
 from ..errors import ShoalError
-from . import cluster, tasks, mapping, dag
+from . import cluster, tasks, mapping, dag, flow
 
 app = typer.Typer(
     name="shoal", no_args_is_help=True, rich_markup_mode="rich",
@@ -26,6 +26,7 @@ cluster.register(app)
 tasks.register(app)
 mapping.register(app)
 dag.register(app)
+flow.register(app)
 
 
 def run() -> None:

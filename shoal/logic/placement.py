@@ -17,7 +17,7 @@ class Capacity:
 
     def minus(self, spec: TaskSpec) -> "Capacity":
         return Capacity(self.cpus - spec.cpus, self.memory - spec.memory,
-                        self.gpus - spec.gpus, self.slots - 1, self.disk - spec.disk)
+                        self.gpus - spec.gpus, self.slots - spec.slots, self.disk - spec.disk)
 
 
 def has_labels(required: list[str], offered: list[str]) -> bool:
@@ -29,7 +29,7 @@ def has_labels(required: list[str], offered: list[str]) -> bool:
 
 def fits(spec: TaskSpec, free: Capacity, labels: list[str]) -> bool:
     # a tiny epsilon keeps 0.1 + 0.2 style float sums from refusing an exact fit
-    return (free.slots >= 1 and spec.cpus <= free.cpus + 1e-9 and spec.memory <= free.memory
+    return (free.slots >= spec.slots and spec.cpus <= free.cpus + 1e-9 and spec.memory <= free.memory
             and spec.gpus <= free.gpus and (spec.disk == 0 or free.disk == 0 or spec.disk <= free.disk)
             and has_labels(spec.labels, labels))
 

@@ -53,6 +53,31 @@ class Keys:
     def nodes(self) -> bytes:
         return self._k("nodes", "")
 
+    def flow(self, run: str) -> bytes:
+        return self._k("flows", run, "run")
+
+    def flow_cancel(self, run: str) -> bytes:
+        return self._k("flows", run, "cancel")
+
+    @property
+    def flows(self) -> bytes:
+        return self._k("flows", "")
+
+    def flow_endpoint(self, run: str, attempt: int, stage: str, index: int) -> bytes:
+        return self._k("flows", run, str(attempt), "ep", stage, str(index))
+
+    def flow_endpoints(self, run: str, attempt: int, stage: str) -> bytes:
+        return self._k("flows", run, str(attempt), "ep", stage, "")
+
+    def flow_stats(self, run: str, attempt: int, stage: str, index: int) -> bytes:
+        return self._k("flows", run, str(attempt), "stats", stage, str(index))
+
+    def flow_all_stats(self, run: str, attempt: int) -> bytes:
+        return self._k("flows", run, str(attempt), "stats", "")
+
+    def flow_everything(self, run: str) -> bytes:
+        return self._k("flows", run, "")
+
     def election(self, role: str) -> bytes:
         return self._k("elections", role)
 

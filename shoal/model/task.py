@@ -55,6 +55,8 @@ class TaskSpec(BaseModel):
     memory: Size = Field(0, description="bytes, or a size such as 512M, 2G; 0 = no limit")
     disk: Size = 0
     gpus: int = Field(0, ge=0, le=64)
+    slots: int = Field(1, ge=0, le=1, description="1: takes one of the node's slots; 0: runs beside them "
+                                                  "(flow stage instances, which must all run at once)")
     labels: list[str] = Field(default_factory=list,
                               description="labels the node must have: 'key' or 'key=value'")
     priority: int = Field(0, ge=-999, le=999, description="higher runs first")

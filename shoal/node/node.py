@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import sys
 import signal
 import socket
 import time
@@ -43,6 +44,10 @@ class Node:
         self.store = Store(store_settings.endpoints, store_settings.prefix, store_settings.timeout_s,
                            store_settings.max_txn_ops, store_settings.retention_s)
         self.scheduler = Scheduler(settings, self.store)
+        # flow stage instances reach etcd and serve their data on the node's address
+        self.scheduler.base_env.update(SHOAL_ETCD=",".join(store_settings.endpoints),
+                                       SHOAL_PREFIX=store_settings.prefix, SHOAL_DATA_HOST=settings.api_host,
+                                       SHOAL_PYTHON=sys.executable)
         self.reaper = Reaper(self.store, settings.node_id)
         self.feed = TaskFeed(self.store)
         self.lease = 0

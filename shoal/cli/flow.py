@@ -1,0 +1,171 @@
+"""`shoal flow`: run a dataflow from a YAML file, watch it, cancel it."""
+from __future__ import annotations
+
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.live import Live
+from rich.table import Table
+
+from ..errors import InvalidSpec
+from ..logic.flowfile import load_flow
+from .common import client_for
+from .output import Output, console, err_console, print_json, state_text
+
+ADDRESS = typer.Option(None, "--address", envvar="SHOAL_ADDRESS", help="Any node's API URL.")
+OUTPUT = typer.Option(Output.table, "--output", "-o", help="table or json.")
+
+app = typer.Typer(no_args_is_help=True, rich_markup_mode="rich", help=(
+    "Dataflows: stages of shell commands, Python functions or built-in operators (words, count, "
+    "reduce, sort, top, distinct, join), joined by scatter / hash / broadcast / collect / merge_sorted "
+    "edges. Data moves over direct TCP between the stage instances.\n\n"
+    "[bold]shoal flow run examples/wordcount.yaml[/]\n"
+    "[bold]shoal flow status RUN[/]   [bold]shoal flow cancel RUN[/]   [bold]shoal flow ls[/]"))
+
+
+def register(root: typer.Typer) -> None:
+    root.add_typer(app, name="flow")
+
+
+def _load(file: Path):
+    try:
+        return load_flow(str(file))
+    except InvalidSpec as e:
+        err_console.print(f"{file}: {len(e.problems)} problem(s); nothing was started", highlight=False)
+        for p in e.problems:
+            print(f"  {p}", file=sys.stderr)
+        raise typer.Exit(2) from None
+
+
+def _rate(inst: dict) -> float:
+    took = max(1e-6, (inst.get("updated") or 0) - (inst.get("started") or 0))
+    return inst.get("in", 0) / took if inst.get("started") else 0.0
+
+
+def status_table(status: dict) -> Table:
+    t = Table(show_edge=False, header_style="bold",
+              title=f"flow {status.get('id')} · {status.get('state')} · attempt {status.get('attempt')}",
+              title_justify="left")
+    for col in ("STAGE", "INST", "STATE", "NODE", "IN", "OUT", "IN/S", "BAD"):
+        t.add_column(col, justify="right" if col in ("IN", "OUT", "IN/S", "BAD", "INST") else "left", no_wrap=True)
+    for stage in status.get("stages", []):
+        for inst in stage["instances"]:
+            t.add_row(stage["name"], str(inst["index"]), state_text(inst["state"]), inst.get("node") or "-",
+                      f"{inst.get('in', 0):,}", f"{inst.get('out', 0):,}", f"{_rate(inst):,.0f}",
+                      str(inst.get("bad", 0)))
+    return t
+
+
+@app.command("validate", help="Check a flow file and print its stages, without running anything.\n\n"
+                              "Exit status 2 when the file has problems (each printed with its line).")
+def validate(file: Path = typer.Argument(..., exists=True, dir_okay=False, help="The flow file (YAML).")):
+    spec, plan = _load(file)
+    for st in plan.stages.values():
+        feed = "read " + ", ".join(st.source.paths or ["-"]) if st.source else \
+            ", ".join(f"{e.edge}{'(' + ','.join(map(str, e.key)) + ')' if e.key else ''} from {e.source}"
+                      for e in st.spec.edges)
+        work = st.spec.command or (f"function {st.spec.function}" if st.spec.function else f"op {st.spec.op}")
+        print(f"{st.name} ×{st.parallelism}: {feed}; {work}" + (f"; write {st.spec.write}" if st.spec.write else ""))
+    print(f"{spec.name}: ok, {len(plan.stages)} stages, {plan.instances} instances")
+
+
+@app.command("run", help="Run a flow to the end, showing each stage instance live (records in and out, "
+                         "rate). Output files appear only when the whole flow succeeded; a lost instance "
+                         "restarts the run (up to `restarts:`).\n\n"
+                         "[bold]shoal flow run wordcount.yaml[/]\n"
+                         "[bold]cat access.log | shoal flow run logs.yaml > errors.tsv[/]   (read: '-', write: '-')\n\n"
+                         "Exit status: 0 on success, 1 when the flow failed (the failing stage's stderr is "
+                         "shown), 2 when the file is not valid. With no cluster (no --address, $SHOAL_ADDRESS "
+                         "or `shoal up`) it runs on a local cluster started for it.")
+def run(file: Path = typer.Argument(..., exists=True, dir_okay=False, help="The flow file (YAML)."),
+        address: Optional[str] = ADDRESS, output: Output = OUTPUT,
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="No live status.")):
+    spec, _ = _load(file)
+    live = output == Output.table and err_console.is_terminal and not quiet
+    board = {"status": {"id": "-", "state": "starting", "attempt": 1, "stages": []}}
+    view = Live(status_table(board["status"]), console=err_console, refresh_per_second=2) if live else nullcontext()
+
+    def on_status(status: dict) -> None:
+        board["status"] = status
+        if live:
+            view.update(status_table(status))
+
+    from ..flowrun import FlowCancelled, FlowFailed
+    t0 = time.time()
+    with client_for(address, embedded=True) as c:
+        try:
+            with view:
+                result = c.run_flow(spec, str(file.parent), stdin=sys.stdin.buffer,
+                                    stdout=sys.stdout.buffer, on_status=on_status)
+        except FlowCancelled as e:
+            print(f"Error: {e}", file=sys.stderr)
+            raise typer.Exit(130) from None
+        except FlowFailed as e:
+            print(f"Error: {e}", file=sys.stderr)
+            raise typer.Exit(1) from None
+    if output == Output.json:
+        print_json({"id": result.run, "state": "succeeded", "attempts": result.attempts,
+                    "seconds": round(result.seconds, 3), "bad_records": result.bad_records,
+                    "stages": result.stages})
+    elif not quiet:
+        total_in = sum(i.get("in", 0) for s in result.stages for i in s["instances"])
+        err_console.print(f"flow {result.run} succeeded in {time.time() - t0:.2f}s "
+                          f"({result.attempts} attempt{'s' if result.attempts > 1 else ''}, "
+                          f"{total_in:,} records handled"
+                          + (f", {result.bad_records} bad records skipped" if result.bad_records else "") + ")",
+                          highlight=False)
+
+
+@app.command("status", help="A flow run's stages and instances: state, node, records in/out, rate.\n\n"
+                            "[bold]shoal flow status RUN[/]   [bold]shoal flow status -w RUN[/] (live until it ends)")
+def status(run_id: str = typer.Argument(..., help="The run id (`shoal flow ls`)."),
+           watch: bool = typer.Option(False, "--watch", "-w", help="Refresh until the run ends."),
+           address: Optional[str] = ADDRESS, output: Output = OUTPUT):
+    with client_for(address) as c:
+        st = c.flow_status(run_id)
+        if output == Output.json:
+            print_json(st)
+            return
+        if not watch:
+            console.print(status_table(st))
+            if st.get("error"):
+                print(st["error"], file=sys.stderr)
+            return
+        with Live(status_table(st), console=console, refresh_per_second=2) as view:
+            while st.get("state") not in ("succeeded", "failed", "cancelled"):
+                time.sleep(0.5)
+                st = c.flow_status(run_id)
+                view.update(status_table(st))
+
+
+@app.command("cancel", help="Stop every instance of a flow run. Its outputs are not written.")
+def cancel(run_id: str = typer.Argument(..., help="The run id (`shoal flow ls`)."),
+           address: Optional[str] = ADDRESS, output: Output = OUTPUT):
+    with client_for(address) as c:
+        res = c.cancel_flow(run_id)
+    if output == Output.json:
+        print_json(res)
+    else:
+        print(f"flow {run_id}: cancelled {res['cancelled_instances']} instance(s)")
+
+
+@app.command("ls", help="Recent flow runs, newest first.")
+def ls(address: Optional[str] = ADDRESS, output: Output = OUTPUT,
+       limit: int = typer.Option(20, "--limit", "-n", min=1, max=1000)):
+    with client_for(address) as c:
+        runs = c.flows(limit)
+    if output == Output.json:
+        print_json(runs)
+        return
+    t = Table(show_edge=False, header_style="bold")
+    for col in ("RUN", "STATE", "ATTEMPT", "TOOK", "ERROR"):
+        t.add_column(col, no_wrap=col != "ERROR", overflow="fold")
+    for r in runs:
+        took = f"{(r.get('ended') or time.time()) - r['started']:.1f}s" if r.get("started") else "-"
+        t.add_row(r["id"], state_text(r.get("state") or "-"), str(r.get("attempt")), took,
+                  (r.get("error") or "")[:120])
+    console.print(t)

@@ -1,0 +1,1 @@
+"""Flows: records in batches moving through stages of operators, commands and functions."""

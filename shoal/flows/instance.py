@@ -1,0 +1,369 @@
+"""One instance of one flow stage, run as an ordinary shoal task:
+
+    python -m shoal.flows.instance RUN ATTEMPT STAGE INDEX
+
+It reads the run's spec from etcd, listens for its upstream streams (publishing its data
+address in etcd), connects to every instance of each downstream stage, and then moves
+batches: in from its source chunks or its streams, through its work (a built-in operator,
+a shell command or a Python function), out through routers (with a combiner where the
+downstream operator aggregates) and into its sink. It exits 0 once everything it owes
+downstream has been sent and acknowledged by the END frames; any failure exits 1 with
+the reason on stderr, which the driving client reports."""
+from __future__ import annotations
+
+import asyncio
+import base64
+import importlib
+import os
+import shutil
+import sys
+import tempfile
+import time
+import types
+from pathlib import Path
+
+import cloudpickle
+import polars as pl
+
+from ..exec.filter import FilterFailed, run_filter
+from ..logic.flowplan import Output, Plan, StagePlan, plan_or_raise
+from ..model.flow import EdgeSpec, FlowSpec
+from ..store import flows as fstore
+from ..store.etcd import Store
+from ..streams.framing import END, FRAME, StreamBroken, decode_batch, encode_batch
+from ..streams.inbox import Inbox, UpstreamFailed, UpstreamLost
+from ..streams.outbox import Link
+from ..streams.routing import Router
+from .merge import SortedMerge
+from .ops import OpContext, make_combiner, make_op
+from .records import count_records, to_frame, to_text
+from .sinks import make_sink
+from .sources import plan_chunks, read_chunk
+
+# exit statuses: the driving client restarts the run only for a lost peer
+EXIT_COMMAND, EXIT_BAD_RECORDS, EXIT_LOST, EXIT_UPSTREAM = 3, 4, 75, 76
+CLIENT = "__client__"           # the pseudo-stage of the client: stdout sinks and stdin sources
+CONNECT_TIMEOUT_S = 120.0
+STATS_EVERY_S = 1.0
+
+
+class BadRecordsExceeded(Exception):
+    pass
+
+
+class Stats:
+    def __init__(self):
+        self.started = time.time()
+        self.records_in = self.records_out = 0
+        self.bad = 0
+        self.bad_examples: list[str] = []
+
+    def as_dict(self, inbox: Inbox | None, links: list[Link], done: bool = False) -> dict:
+        return {"in": self.records_in, "out": self.records_out, "bad": self.bad,
+                "bad_examples": self.bad_examples[:5], "bytes_in": inbox.bytes_in if inbox else 0,
+                "bytes_out": sum(lk.bytes_out for lk in links), "started": self.started,
+                "updated": time.time(), "done": done, "node": os.environ.get("SHOAL_NODE")}
+
+
+def default_memory() -> int:
+    """Sort's in-memory budget when the stage sets none: an eighth of the machine."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        total = 8 << 30
+    return max(256 << 20, min(4 << 30, total // 8))
+
+
+def load_function(ref):
+    """A stage's function: 'module:name' (found from the flow's directory) or a pickled callable."""
+    if isinstance(ref, str) and ref.startswith("pickle:"):
+        return cloudpickle.loads(base64.b64decode(ref[7:]))
+    module, _, name = str(ref).partition(":")
+    base = os.environ.get("SHOAL_FLOW_DIR")
+    if base and base not in sys.path:
+        sys.path.insert(0, base)
+    try:
+        fn = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as e:
+        raise RuntimeError(f"function {ref!r}: cannot load it on node {os.environ.get('SHOAL_NODE')}: {e}") from None
+    return fn
+
+
+def _records_out(result, sep: str) -> list[str]:
+    """What a per-record function returned, as lines: None (nothing), a str (a line), a
+    tuple/list (the fields of one record), or a generator of those."""
+    if result is None:
+        return []
+    if isinstance(result, types.GeneratorType):
+        return [line for item in result for line in _records_out(item, sep)]
+    if isinstance(result, str):
+        return [result]
+    if isinstance(result, (tuple, list)):
+        return [sep.join(map(str, result))]
+    return [str(result)]
+
+
+class Instance:
+    def __init__(self, store: Store, run: str, attempt: int, plan: Plan, stage: StagePlan, index: int):
+        self.store, self.run, self.attempt, self.plan, self.st, self.index = store, run, attempt, plan, stage, index
+        self.sep = plan.spec.separator
+        self.limit = plan.spec.bad_records
+        self.stats = Stats()
+        self.spill = Path(tempfile.mkdtemp(prefix=f"shoal-flow-{stage.name}-"))
+        self.ctx = OpContext(sep=self.sep, spill_dir=self.spill,
+                             memory_bytes=int(os.environ.get("SHOAL_SPILL_BYTES", 0))
+                             or stage.spec.memory or default_memory())
+        self.inbox: Inbox | None = None
+        self.outs: list[tuple[Output, Router, list[Link], object]] = []
+        self.links: list[Link] = []
+        self.part = None
+        self.merge: SortedMerge | None = None
+        self.op = None
+
+    # -- set-up -------------------------------------------------------------------
+
+    async def _connect(self, out: Output) -> tuple[Output, Router, list[Link], object]:
+        if out.target == CLIENT:
+            addrs = await fstore.wait_endpoints(self.store, self.run, self.attempt, CLIENT, 1, CONNECT_TIMEOUT_S)
+        else:
+            addrs = await fstore.wait_endpoints(self.store, self.run, self.attempt, out.target,
+                                                out.parallelism, CONNECT_TIMEOUT_S)
+        links = [Link(a, {"run": self.run, "attempt": self.attempt, "stage": out.target, "index": j,
+                          "from": self.st.name, "from_index": self.index, "port": out.port})
+                 for j, a in enumerate(addrs)]
+        await asyncio.gather(*(lk.open() for lk in links))
+        self.links.extend(links)
+        combiner = make_combiner(out.combine, self.ctx) if out.combine is not None else None
+        return out, Router(out.edge, len(links), self.sep, self.index), links, combiner
+
+    async def run_(self) -> None:
+        st = self.st
+        host = os.environ.get("SHOAL_DATA_HOST", "127.0.0.1")
+        if any(st.senders):
+            self.inbox = Inbox(self.run, self.attempt, st.name, self.index, st.senders)
+            addr = await self.inbox.start(host)
+            await fstore.put_endpoint(self.store, self.run, self.attempt, st.name, self.index, addr)
+        outputs = list(st.outputs)
+        if st.to_client:
+            outputs.append(Output(CLIENT, EdgeSpec(source=st.name, edge="collect"), 0, 1))
+        self.outs = list(await asyncio.gather(*(self._connect(o) for o in outputs)))
+        if st.sink is not None and not st.sink.stdout:
+            self.part = await asyncio.to_thread(make_sink(st.sink, self.sep).part, self.run, self.attempt, self.index)
+        if st.merge is not None:
+            m = st.merge
+            self.merge = SortedMerge(st.senders[0], m.key, m.numeric, m.reverse, self.sep)
+        publisher = asyncio.create_task(self._publish())
+        try:
+            await self._work()
+            await self._flush_outputs()
+            if self.part is not None:
+                await asyncio.to_thread(self.part.close)
+                self.part = None
+        except BaseException as e:
+            reason = f"{st.name}[{self.index}] failed: {e}"
+            await asyncio.gather(*(lk.abort(reason) for lk in self.links), return_exceptions=True)
+            if self.part is not None:
+                await asyncio.to_thread(self.part.discard)
+            raise
+        finally:
+            publisher.cancel()
+            await asyncio.gather(publisher, return_exceptions=True)
+            await fstore.put_stats(self.store, self.run, self.attempt, st.name, self.index,
+                                   self.stats.as_dict(self.inbox, self.links, done=True))
+            if self.inbox is not None:
+                await self.inbox.close()
+            shutil.rmtree(self.spill, ignore_errors=True)
+
+    async def _publish(self) -> None:
+        while True:
+            await asyncio.sleep(STATS_EVERY_S)
+            try:
+                await fstore.put_stats(self.store, self.run, self.attempt, self.st.name, self.index,
+                                       self.stats.as_dict(self.inbox, self.links))
+            except Exception:   # counters are best effort; the data path must not stop for them
+                pass
+
+    # -- input ---------------------------------------------------------------------
+
+    async def _events(self):
+        """("batch", port, batch) for each input batch (merged into key order for a
+        merge_sorted input) and ("end", port, None) when a port has ended."""
+        st = self.st
+        if st.source is not None and not st.from_client:
+            async for block in self._read_source():
+                self.stats.records_in += block.count(b"\n")
+                yield "batch", 0, block
+            yield "end", 0, None
+            return
+        async for port, sender, kind, payload in self.inbox.items():
+            if kind == END:
+                if sender < 0:
+                    if self.merge is not None:
+                        for df in self.merge.pop():
+                            yield "batch", port, df
+                    yield "end", port, None
+                elif self.merge is not None:
+                    self.merge.end(sender)
+                    for df in self.merge.pop():
+                        yield "batch", port, df
+                continue
+            batch = await asyncio.to_thread(decode_batch, kind, payload) if kind == FRAME else payload
+            self.stats.records_in += count_records(batch)
+            if self.merge is not None:
+                self.merge.push(sender, batch)
+                for df in await asyncio.to_thread(self.merge.pop):
+                    yield "batch", port, df
+            else:
+                yield "batch", port, batch
+
+    async def _read_source(self):
+        """This instance's chunks of the source (chunk j goes to instance j mod N), read
+        ahead in a thread so the reading overlaps the work."""
+        src = self.st.source
+        chunks = (await asyncio.to_thread(plan_chunks, src))[self.index::self.st.parallelism]
+        queue: asyncio.Queue = asyncio.Queue(4)
+        loop = asyncio.get_running_loop()
+
+        def reader():
+            try:
+                for chunk in chunks:
+                    for block in read_chunk(chunk, src.storage_options):
+                        asyncio.run_coroutine_threadsafe(queue.put(block), loop).result()
+                asyncio.run_coroutine_threadsafe(queue.put(None), loop).result()
+            except BaseException as e:
+                asyncio.run_coroutine_threadsafe(queue.put(e), loop).result()
+
+        fut = loop.run_in_executor(None, reader)
+        try:
+            while (block := await queue.get()) is not None:
+                if isinstance(block, BaseException):
+                    raise block
+                yield block
+        finally:
+            while not fut.done():   # let a reader blocked on a full queue finish
+                try:
+                    queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    await asyncio.sleep(0.01)
+
+    # -- work ------------------------------------------------------------------------
+
+    async def _work(self) -> None:
+        spec = self.st.spec
+        if self.st.op is not None:
+            op = self.op = make_op(self.st.op, self.ctx, combined_input=self.st.combined[0] if self.st.combined else False)
+            async for what, port, batch in self._events():
+                if what == "batch":
+                    await self._emit(await asyncio.to_thread(op.push, batch, port))
+                else:
+                    await self._emit(await asyncio.to_thread(op.end_port, port))
+                self._check_bad()
+            it = await asyncio.to_thread(op.finish)
+            while (out := await asyncio.to_thread(next, it, None)) is not None:
+                await self._emit([out])
+            self._check_bad()
+        elif spec.command is not None:
+            async def text():
+                async for what, _, batch in self._events():
+                    if what == "batch":
+                        yield await asyncio.to_thread(to_text, batch, self.sep) if isinstance(batch, pl.DataFrame) else batch
+
+            async def emit(block: bytes) -> None:
+                await self._emit([block])
+            await run_filter(spec.command, text(), emit)
+        else:
+            fn = load_function(spec.function)
+            call = (lambda b: fn(to_frame(b, self.sep)[0])) if spec.batch else (lambda b: self._per_record(fn, b))
+            async for what, _, batch in self._events():
+                if what == "batch":
+                    out = await asyncio.to_thread(call, batch)
+                    if out is not None and not (isinstance(out, bytes) and not out):
+                        await self._emit([out])
+
+    def _per_record(self, fn, batch) -> bytes:
+        text = to_text(batch, self.sep) if isinstance(batch, pl.DataFrame) else batch
+        out: list[str] = []
+        for line in text.decode().splitlines():
+            out.extend(_records_out(fn(tuple(line.split(self.sep))), self.sep))
+        return ("\n".join(out) + "\n").encode() if out else b""
+
+    def _check_bad(self) -> None:
+        op_bad = self.op.bad if self.op is not None else None
+        self.stats.bad = (op_bad.count if op_bad else 0) + sum(r.bad for _, r, _, _ in self.outs)
+        if len(self.stats.bad_examples) < 5:
+            more = (list(op_bad.examples) if op_bad else []) + [e for _, r, _, _ in self.outs for e in r.bad_examples]
+            self.stats.bad_examples = list(dict.fromkeys(self.stats.bad_examples + more))[:5]
+        if self.stats.bad > self.limit:
+            raise BadRecordsExceeded(
+                f"{self.stats.bad} bad records (over the limit of {self.limit}; set bad_records: to "
+                f"tolerate more). A bad record lacks a field this stage needs; e.g. "
+                + "; ".join(repr(e) for e in self.stats.bad_examples[:3]))
+
+    # -- output ----------------------------------------------------------------------
+
+    async def _emit(self, batches) -> None:
+        for b in batches:
+            if b is None:
+                continue
+            n = count_records(b)
+            if n == 0:
+                continue
+            self.stats.records_out += n
+            for out, router, links, combiner in self.outs:
+                parts = await asyncio.to_thread(combiner.push, b) if combiner is not None else [b]
+                for p in parts:
+                    await self._send(router, links, p)
+            if self.part is not None:
+                text = await asyncio.to_thread(to_text, b, self.sep) if isinstance(b, pl.DataFrame) else b
+                await asyncio.to_thread(self.part.write, text)
+        self._check_bad()
+
+    async def _send(self, router: Router, links: list[Link], batch) -> None:
+        routed = await asyncio.to_thread(router.route, batch)
+        for j, part in routed:
+            kind, payload = (await asyncio.to_thread(encode_batch, part)) if isinstance(part, pl.DataFrame) \
+                else encode_batch(part)
+            await links[j].send(kind, payload)
+
+    async def _flush_outputs(self) -> None:
+        for out, router, links, combiner in self.outs:
+            if combiner is not None:
+                it = await asyncio.to_thread(combiner.finish)
+                while (b := await asyncio.to_thread(next, it, None)) is not None:
+                    await self._send(router, links, b)
+        await asyncio.gather(*(lk.end() for lk in self.links))
+
+
+async def main(run: str, attempt: int, stage: str, index: int) -> int:
+    base = os.environ.get("SHOAL_FLOW_DIR")
+    if base and os.path.isdir(base):
+        os.chdir(base)
+    store = Store(os.environ.get("SHOAL_ETCD", "http://127.0.0.1:2379"), os.environ.get("SHOAL_PREFIX", "/shoal/"))
+    try:
+        await store.connect(wait_s=10)
+        record = await fstore.get_run(store, run)
+        plan = plan_or_raise(FlowSpec.model_validate(record["spec"]))
+        await Instance(store, run, attempt, plan, plan.stages[stage], index).run_()
+        return 0
+    except FilterFailed as e:
+        print(f"stage {stage}[{index}]: {e}", file=sys.stderr)
+        return EXIT_COMMAND
+    except BadRecordsExceeded as e:
+        print(f"stage {stage}[{index}]: {e}", file=sys.stderr)
+        return EXIT_BAD_RECORDS
+    except UpstreamFailed as e:
+        print(f"stage {stage}[{index}]: stopped: {e}", file=sys.stderr)
+        return EXIT_UPSTREAM
+    except (UpstreamLost, StreamBroken, ConnectionError, TimeoutError) as e:
+        print(f"stage {stage}[{index}]: lost a peer: {type(e).__name__}: {e}", file=sys.stderr)
+        return EXIT_LOST
+    except Exception as e:
+        print(f"stage {stage}[{index}]: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    finally:
+        await store.close()
+
+
+if __name__ == "__main__":
+    run_id, attempt_s, stage_name, index_s = sys.argv[1:5]
+    sys.exit(asyncio.run(main(run_id, int(attempt_s), stage_name, int(index_s))))

@@ -1,0 +1,1 @@
+"""The flow data plane: framed TCP streams between stage instances, with backpressure."""

@@ -1,0 +1,37 @@
+"""Which downstream instance each record goes to. Decisions only: the instance sends."""
+from __future__ import annotations
+
+import polars as pl
+
+from ..logic.partition import partition_frame, partition_text
+from ..model.flow import EdgeSpec
+
+
+class Router:
+    def __init__(self, edge: EdgeSpec, targets: int, sep: str, sender_index: int = 0):
+        self.edge = edge
+        self.n = targets
+        self.sep = sep
+        self.next = sender_index % targets    # senders start apart, so scatter spreads at once
+        self.bad = 0
+        self.bad_examples: list[str] = []
+
+    def route(self, batch) -> list[tuple[int, object]]:
+        """(target instance, batch) pairs for one batch."""
+        kind = self.edge.edge
+        if kind in ("collect", "merge_sorted") or self.n == 1:
+            return [(0, batch)]
+        if kind == "broadcast":
+            return [(i, batch) for i in range(self.n)]
+        if kind == "scatter":
+            i = self.next
+            self.next = (i + 1) % self.n
+            return [(i, batch)]
+        if isinstance(batch, pl.DataFrame):
+            parts = partition_frame(batch, self.edge.key, self.n)
+            return [(i, p) for i, p in enumerate(parts) if p.height]
+        parts, bad, examples = partition_text(batch, self.edge.key, self.sep, self.n)
+        if bad:
+            self.bad += bad
+            self.bad_examples = (self.bad_examples + list(examples))[:5]
+        return [(i, p) for i, p in enumerate(parts) if p]

@@ -1,0 +1,132 @@
+"""Flow files: every problem reported at once with its line, before anything runs; the
+plan that a valid file gives (who sends to whom, where combiners run); the fluent API
+building the same spec."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import shoal
+from shoal.errors import InvalidSpec
+from shoal.flowrun import FlowRun, classify
+from shoal.logic.flowfile import parse_flow
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def problems(text: str, base: str = "/tmp") -> list[str]:
+    with pytest.raises(InvalidSpec) as e:
+        parse_flow(text, base)
+    return e.value.problems
+
+
+def test_examples_are_valid_and_plan_combiners_and_senders():
+    for name in ("wordcount", "sort", "join", "logs"):
+        parse_flow((EXAMPLES / f"{name}.yaml").read_text(), str(EXAMPLES))
+    spec, plan = parse_flow((EXAMPLES / "wordcount.yaml").read_text(), str(EXAMPLES))
+    words, counts, top = plan.stages["words"], plan.stages["counts"], plan.stages["top"]
+    assert words.source.paths == [str(EXAMPLES / "data" / "text*.txt")]   # relative to the file
+    assert words.senders == (0,) and counts.senders == (2,) and top.senders == (2,)
+    assert words.outputs[0].combine is not None and counts.combined == (True,)
+    assert [o.target for o in counts.outputs] == ["top"] and top.outputs == ()
+    _, plan = parse_flow((EXAMPLES / "join.yaml").read_text(), str(EXAMPLES))
+    assert plan.stages["joined"].senders == (1, 1)
+    assert [o.port for o in plan.stages["users"].outputs] == [1]
+
+
+def test_unknown_stage_cycle_and_output_to_nowhere_each_with_its_line():
+    text = """name: broken
+stages:
+  - name: a
+    read: in.txt
+    op: words
+  - name: b
+    input: {from: c, edge: hash, key: 1}
+    op: count
+  - name: c
+    input: {from: b}
+    op: pass
+  - name: d
+    input: {from: wordz}
+    op: pass
+    write: out.tsv
+  - name: e
+    input: a
+    op: pass
+"""
+    got = problems(text)
+    assert any(p.startswith("line 7:") and "cycle" in p and "b" in p and "c" in p for p in got), got
+    assert any(p.startswith("line 13:") and "no stage named 'wordz'" in p for p in got), got
+    assert any(p.startswith("line 16:") and "stages[4] (e)" in p and "goes nowhere" in p for p in got), got
+
+
+def test_field_errors_name_the_field_and_line():
+    text = """name: bad
+stages:
+  - name: a
+    read: in.txt
+    parallelism: 0
+    op: {top: {k: -1}}
+    colour: blue
+  - name: b
+    input: {from: a, edge: hash}
+    op: pass
+    write: out.tsv
+  - name: c
+    input: {from: a, edge: collect}
+    parallelism: 3
+    command: cat
+    write: out2.tsv
+"""
+    got = problems(text)
+    text_all = "\n".join(got)
+    assert "line 5:" in text_all and "parallelism" in text_all
+    assert "line 7:" in text_all and "colour" in text_all and "unknown field" in text_all
+    assert "key: required for a hash edge" in text_all
+    got2 = problems(text.replace("    parallelism: 0\n", "").replace("    colour: blue\n", "")
+                    .replace("{from: a, edge: hash}", "{from: a, edge: hash, key: 1}"))
+    assert any("op" in p and "k" in p for p in got2), got2
+    assert any("parallelism must be 1" in p for p in got2), got2
+
+
+def test_not_yaml_and_not_a_mapping():
+    assert problems("stages: [")[0].startswith("line 1: not valid YAML")
+    assert "a flow file is a mapping" in problems("- a\n- b\n")[0]
+
+
+def test_missing_source_and_existing_sink_are_reported_before_any_task(tmp_path):
+    (tmp_path / "out.tsv").write_text("old\n")
+    spec, _ = parse_flow("name: x\nstages:\n  - name: a\n    read: nothing-here/*.txt\n    op: words\n"
+                         "    write: out.tsv\n", str(tmp_path))
+    with pytest.raises(InvalidSpec) as e:
+        FlowRun(None, spec, tmp_path).check()      # no cluster is needed to know
+    msg = str(e.value)
+    assert "nothing-here/*.txt" in msg and "out.tsv" in msg and "overwrite: true" in msg
+    assert (tmp_path / "out.tsv").read_text() == "old\n"
+
+
+def test_fluent_api_builds_the_same_plan_as_the_yaml(tmp_path):
+    f = (shoal.flow("wordcount").read(str(EXAMPLES / "data" / "text*.txt"), parallelism=2).words()
+         .count(parallelism=2).top(10, by=2).write(str(tmp_path / "top10.tsv"), overwrite=True))
+    spec = f.spec()
+    assert [s.name for s in spec.stages] == ["read", "count", "top"]
+    assert spec.stages[0].op == "words" and spec.stages[0].parallelism == 2      # fused with the read
+    assert spec.stages[1].input.edge == "hash" and spec.stages[1].input.key == [1]
+    assert spec.stages[2].input.edge == "collect"
+    from shoal.logic.flowplan import plan_or_raise
+    plan = plan_or_raise(spec)
+    assert plan.stages["read"].outputs[0].combine is not None
+
+
+def test_a_lost_instance_restarts_but_its_own_failure_does_not():
+    from types import SimpleNamespace as NS
+    st = lambda v: NS(value=v)   # noqa: E731
+    lost = NS(id="1", state=st("failed"), exit_code=None, reason="node node-2 was lost")
+    broke = NS(id="2", state=st("failed"), exit_code=75, reason="exited with status 75")
+    own = NS(id="3", state=st("failed"), exit_code=3, reason="exited with status 3")
+    ok = NS(id="4", state=st("succeeded"), exit_code=0, reason=None)
+    assert classify([ok, lost, broke])[0] == "restart"
+    assert classify([broke, own, ok]) == ("fail", own)
+    killed = NS(id="5", state=st("failed"), exit_code=-9, reason="killed by signal 9")
+    assert classify([killed])[0] == "restart"
