@@ -288,10 +288,12 @@ class Instance:
         return ("\n".join(out) + "\n").encode() if out else b""
 
     def _check_bad(self) -> None:
-        op_bad = self.op.bad if self.op is not None else None
-        self.stats.bad = (op_bad.count if op_bad else 0) + sum(r.bad for _, r, _, _ in self.outs)
+        """Bad records seen by the operator, the combiners and the hash routers."""
+        found = [self.op.bad] if self.op is not None else []
+        found += [c.bad for _, _, _, c in self.outs if c is not None]
+        self.stats.bad = sum(b.count for b in found) + sum(r.bad for _, r, _, _ in self.outs)
         if len(self.stats.bad_examples) < 5:
-            more = (list(op_bad.examples) if op_bad else []) + [e for _, r, _, _ in self.outs for e in r.bad_examples]
+            more = [e for b in found for e in b.examples] + [e for _, r, _, _ in self.outs for e in r.bad_examples]
             self.stats.bad_examples = list(dict.fromkeys(self.stats.bad_examples + more))[:5]
         if self.stats.bad > self.limit:
             raise BadRecordsExceeded(
@@ -331,6 +333,7 @@ class Instance:
                 it = await asyncio.to_thread(combiner.finish)
                 while (b := await asyncio.to_thread(next, it, None)) is not None:
                     await self._send(router, links, b)
+        self._check_bad()
         await asyncio.gather(*(lk.end() for lk in self.links))
 
 
