@@ -71,6 +71,12 @@ def _own_address(api: str) -> str:
         return s.getsockname()[0]
 
 
+def _at(stage, field: str, problem: str) -> str:
+    """A problem from a source or sink check, placed at its stage."""
+    where = f"stages[{stage.index}] ({stage.name})"
+    return f"{where}.{problem}" if problem.startswith(field) else f"{where}.{field}: {problem}"
+
+
 def classify(records: list) -> tuple[str, Any]:
     """("fail", record) when an instance failed by itself (its command, its function, bad
     records), else ("restart", record): an instance or its node was lost."""
@@ -110,14 +116,14 @@ class FlowRun:
                 try:
                     expand(src.paths, src.storage_options)
                 except InvalidSpec as e:
-                    problems += [f"stages[{st.index}] ({st.name}).read: {p}" for p in e.problems]
+                    problems += [_at(st, "read", p) for p in e.problems]
             if st.from_client and src.iterable and self.items is None:
                 problems.append(f"stages[{st.index}] ({st.name}).read: give the records to run(items=...)")
             if st.sink is not None and not st.sink.stdout:
                 try:
                     make_sink(st.sink, self.spec.separator).check()
                 except InvalidSpec as e:
-                    problems += [f"stages[{st.index}] ({st.name}).write: {p}" for p in e.problems]
+                    problems += [_at(st, "write", p) for p in e.problems]
         to_client = [s.name for s in self.plan.stages.values() if s.to_client]
         if len(to_client) > 1:
             problems.append(f"only one stage can write to stdout (write: '-'): {', '.join(to_client)}")

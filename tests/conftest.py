@@ -2,7 +2,10 @@
 clusters of real node processes. Everything started here is stopped here, by PID."""
 from __future__ import annotations
 
+pytest_plugins = ["pgserver"]
+
 import asyncio
+import contextlib
 import os
 import shutil
 import tempfile
@@ -79,14 +82,20 @@ def no_leaked_processes():
     before = {p.pid for p in psutil.Process().children(recursive=True)}
     yield
     deadline = time.monotonic() + 5
+    def alive(p: psutil.Process) -> bool:
+        try:
+            return p.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:     # it ended while we looked
+            return False
+
     while True:
-        left = [p for p in psutil.Process().children(recursive=True)
-                if p.pid not in before and p.status() != psutil.STATUS_ZOMBIE]
+        left = [p for p in psutil.Process().children(recursive=True) if p.pid not in before and alive(p)]
         if not left or time.monotonic() > deadline:
             break
         time.sleep(0.05)
     for p in left:  # clean up so one failure does not cascade, then fail the test
-        p.kill()
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
     assert not left, f"test left processes running: {[(p.pid, p.cmdline()[:3]) for p in left]}"
 
 

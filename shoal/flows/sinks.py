@@ -75,7 +75,8 @@ from typing import BinaryIO, Protocol
 from ..errors import InvalidSpec, ShoalError
 from ..model.flowio import SinkSpec
 
-RUN_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}\Z")
+RUN_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}\Z")
+NAME_MAX = 255             # bytes in a file name
 PG_NAME_MAX = 63            # bytes in a PostgreSQL identifier
 S3_MIN_PART = 5 << 20       # an S3 multipart copy needs every part but the last this large
 S3_MAX_PART = 5 << 30
@@ -275,11 +276,19 @@ class FileSink(Sink):
     def _join(self, name: str) -> str:
         return os.path.join(self.dir, name) if self.local else posixpath.join(self.dir, name)
 
+    def _prefix(self, run: str, attempt: int) -> str:
+        """`.<name>.<run>.<attempt>`, shortened by a digest where a file name would be too long."""
+        prefix = f".{self.name}.{run}.{attempt}"
+        if len(prefix.encode()) > NAME_MAX - 32:
+            digest = hashlib.sha1(f"{self.name}/{run}".encode()).hexdigest()[:20]
+            prefix = f".{self.name.encode()[:100].decode(errors='ignore')}.{digest}.{attempt}"
+        return prefix
+
     def part_path(self, run: str, attempt: int, index: int) -> str:
-        return self._join(f".{self.name}.{run}.{attempt}.{index}.part")
+        return self._join(f"{self._prefix(run, attempt)}.{index}.part")
 
     def _temp(self, run: str, attempt: int, what: str) -> str:
-        return self._join(f".{self.name}.{run}.{attempt}.{what}")
+        return self._join(f"{self._prefix(run, attempt)}.{what}")
 
     def _exists_error(self) -> InvalidSpec:
         return InvalidSpec([f"write: {self.url} exists (set overwrite: true to replace it)"])
