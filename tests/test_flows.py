@@ -261,3 +261,22 @@ def test_flow_status_and_ls_from_the_cli(cluster, tmp_path):
     again = subprocess.run([sys.executable, "-m", "shoal", "flow", "cancel", run_id], capture_output=True,
                            text=True, env=env, timeout=60)
     assert again.returncode == 1 and "already ended succeeded" in again.stderr
+
+
+def test_word_counts_land_in_a_postgres_table_once(cluster, tmp_path, postgres):
+    import psycopg
+    with psycopg.connect(postgres, autocommit=True) as conn:
+        conn.execute("DROP TABLE IF EXISTS word_counts")
+        conn.execute("CREATE TABLE word_counts (word text PRIMARY KEY, n bigint NOT NULL)")
+    make_text(tmp_path / "t.txt", 3000, seed=9)
+    text = ("name: wc-pg\nstages:\n  - name: words\n    read: t.txt\n    parallelism: 2\n    op: words\n"
+            "  - name: counts\n    input: {from: words, edge: hash, key: 1}\n    parallelism: 2\n    op: count\n"
+            f"    write: {{postgres: '{postgres}', table: word_counts}}\n")
+    with shoal.connect(cluster.state()["nodes"][0]["api"]) as c:
+        run_yaml(c, text, tmp_path)
+    want = collections.Counter(open(tmp_path / "t.txt").read().split())
+    with psycopg.connect(postgres) as conn:
+        got = dict(conn.execute("SELECT word, n FROM word_counts").fetchall())
+        staging = conn.execute("SELECT count(*) FROM pg_tables WHERE tablename LIKE 'word_counts__%'").fetchone()[0]
+    assert got == dict(want)
+    assert staging == 0
