@@ -37,6 +37,7 @@ from ..streams.routing import Router
 from .merge import SortedMerge
 from .ops import OpContext, make_combiner, make_op
 from .records import count_records, to_frame, to_text
+from ..model.flowio import MIN_CHUNK
 from .sinks import make_sink
 from .sources import plan_chunks, read_chunk
 
@@ -220,7 +221,15 @@ class Instance:
         """This instance's chunks of the source (chunk j goes to instance j mod N), read
         ahead in a thread so the reading overlaps the work."""
         src = self.st.source
-        chunks = (await asyncio.to_thread(plan_chunks, src))[self.index::self.st.parallelism]
+        chunks = await asyncio.to_thread(plan_chunks, src)
+        n = self.st.parallelism
+        if 1 < len(chunks) < 4 * n or (len(chunks) == 1 and n > 1):
+            # few big chunks would leave instances idle: cut them so each gets about four
+            total = sum((c.end or 0) - c.start for c in chunks)
+            smaller = max(MIN_CHUNK, total // (4 * n))
+            if smaller < src.chunk:
+                chunks = await asyncio.to_thread(plan_chunks, src.model_copy(update={"chunk": smaller}))
+        chunks = chunks[self.index::n]
         queue: asyncio.Queue = asyncio.Queue(4)
         loop = asyncio.get_running_loop()
 
