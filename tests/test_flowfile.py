@@ -130,3 +130,29 @@ def test_a_lost_instance_restarts_but_its_own_failure_does_not():
     assert classify([broke, own, ok]) == ("fail", own)
     killed = NS(id="5", state=st("failed"), exit_code=-9, reason="killed by signal 9")
     assert classify([killed])[0] == "restart"
+
+
+def test_combined_output_is_hashed_on_where_its_key_lands():
+    text = """name: by-second-field
+stages:
+  - name: a
+    read: in.tsv
+    parallelism: 2
+    op: pass
+  - name: n
+    input: {from: a, edge: hash, key: 2}
+    parallelism: 2
+    op: {count: {key: [2]}}
+    write: out.tsv
+  - name: s
+    input: {from: a, edge: hash, key: 3}
+    parallelism: 2
+    op: {reduce: {key: 1, value: 2, fn: sum}}
+    write: out2.tsv
+"""
+    _, plan = parse_flow(text, "/tmp")
+    to_n, to_s = plan.stages["a"].outputs
+    # the count combiner sends (field 2, n): the hash key is now its first field
+    assert to_n.combine is not None and to_n.route_key == (1,)
+    # an edge keyed on a field the reduce does not group by cannot be pre-aggregated
+    assert to_s.combine is None and to_s.route_key == (3,) and plan.stages["s"].combined == (False,)

@@ -118,6 +118,8 @@ class Instance:
         self.outs: list[tuple[Output, Router, list[Link], object]] = []
         self.links: list[Link] = []
         self.part = None
+        self.writer: asyncio.Task | None = None
+        self.sink_queue: asyncio.Queue | None = None
         self.merge: SortedMerge | None = None
         self.op = None
 
@@ -135,7 +137,7 @@ class Instance:
         await asyncio.gather(*(lk.open() for lk in links))
         self.links.extend(links)
         combiner = make_combiner(out.combine, self.ctx) if out.combine is not None else None
-        return out, Router(out.edge, len(links), self.sep, self.index), links, combiner
+        return out, Router(out.edge, len(links), self.sep, self.index, list(out.route_key)), links, combiner
 
     async def run_(self) -> None:
         st = self.st
@@ -158,11 +160,13 @@ class Instance:
             await self._work()
             await self._flush_outputs()
             if self.part is not None:
-                await asyncio.to_thread(self.part.close)
-                self.part = None
+                await self._close_sink()
         except BaseException as e:
             reason = f"{st.name}[{self.index}] failed: {e}"
             await asyncio.gather(*(lk.abort(reason) for lk in self.links), return_exceptions=True)
+            if self.writer is not None:
+                self.writer.cancel()
+                await asyncio.gather(self.writer, return_exceptions=True)
             if self.part is not None:
                 await asyncio.to_thread(self.part.discard)
             raise
@@ -325,9 +329,31 @@ class Instance:
                 for p in parts:
                     await self._send(router, links, p)
             if self.part is not None:
-                text = await asyncio.to_thread(to_text, b, self.sep) if isinstance(b, pl.DataFrame) else b
-                await asyncio.to_thread(self.part.write, text)
+                await self._to_sink(b)
         self._check_bad()
+
+    async def _to_sink(self, batch) -> None:
+        """Hand a batch to the sink writer, which formats and writes it beside the work."""
+        if self.writer is None:
+            self.sink_queue = asyncio.Queue(4)
+            self.writer = asyncio.create_task(self._write_sink())
+        elif self.writer.done():
+            await self.writer          # it failed: raise its error here
+        await self.sink_queue.put(batch)
+
+    async def _write_sink(self) -> None:
+        while (b := await self.sink_queue.get()) is not None:
+            def write(b=b):
+                self.part.write(to_text(b, self.sep) if isinstance(b, pl.DataFrame) else b)
+            await asyncio.to_thread(write)
+
+    async def _close_sink(self) -> None:
+        if self.writer is not None:
+            await self.sink_queue.put(None)
+            await self.writer
+            self.writer = None
+        await asyncio.to_thread(self.part.close)
+        self.part = None
 
     async def _send(self, router: Router, links: list[Link], batch) -> None:
         routed = await asyncio.to_thread(router.route, batch)

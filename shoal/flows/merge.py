@@ -50,7 +50,8 @@ class SortedMerge:
 
     push() batches as they come, end() an input when it has no more, and pop() whatever
     can already be emitted: records up to the smallest of the last keys buffered from the
-    inputs that have not ended. wanted() names the inputs that must deliver before pop()
+    inputs that have not ended (records equal to it only from inputs that no lower live
+    input could still tie with). wanted() names the inputs that must deliver before pop()
     can emit anything."""
 
     def __init__(self, inputs: int, key: list[int], numeric: bool = False, reverse: bool = False,
@@ -107,13 +108,16 @@ class SortedMerge:
         if self.wanted():
             return None
         live = [i for i, ended in enumerate(self._ended) if not ended]
-        bound = None
+        bound, first_at_bound = None, len(self._buf)
         if live:
-            lasts = [self._last_key(i) for i in live]
-            bound = max(lasts) if self.reverse else min(lasts)
+            lasts = {i: self._last_key(i) for i in live}
+            bound = max(lasts.values()) if self.reverse else min(lasts.values())
+            first_at_bound = min(i for i in live if lasts[i] == bound)
         pieces = []
         for i, buf in enumerate(self._buf):
-            taken = self._take(i, bound) if buf else []
+            # ties go to lower inputs first: past the first live input that may still send
+            # more records equal to the bound, only records before the bound can go
+            taken = self._take(i, bound, inclusive=i <= first_at_bound) if buf else []
             if taken:
                 pieces.append(taken)
         if not pieces:
@@ -130,24 +134,27 @@ class SortedMerge:
     def _row_key(self, df: pl.DataFrame, r: int) -> tuple:
         return df.select(self._names).row(r)
 
-    def _after(self, a: tuple, bound: tuple) -> bool:
-        """Whether key a comes after bound in the sort order."""
-        return a < bound if self.reverse else a > bound
+    def _after(self, a: tuple, bound: tuple, inclusive: bool) -> bool:
+        """Whether key a must wait: it comes after bound in the sort order (or is equal
+        to it, when not inclusive)."""
+        if inclusive:
+            return a < bound if self.reverse else a > bound
+        return a <= bound if self.reverse else a >= bound
 
-    def _take(self, i: int, bound: tuple | None) -> list[pl.DataFrame]:
+    def _take(self, i: int, bound: tuple | None, inclusive: bool) -> list[pl.DataFrame]:
         """Remove and return input i's buffered rows up to bound (all when None)."""
         buf, out = self._buf[i], []
         while buf:
             df = buf[0]
-            if bound is None or not self._after(self._row_key(df, df.height - 1), bound):
+            if bound is None or not self._after(self._row_key(df, df.height - 1), bound, inclusive):
                 out.append(buf.popleft())
                 self._rows[i] -= df.height
                 continue
-            lo, hi = 0, df.height          # first row after bound
+            lo, hi = 0, df.height          # first row that must wait
             keys = df.select(self._names)
             while lo < hi:
                 mid = (lo + hi) // 2
-                if self._after(keys.row(mid), bound):
+                if self._after(keys.row(mid), bound, inclusive):
                     hi = mid
                 else:
                     lo = mid + 1

@@ -22,8 +22,8 @@ from typing import Iterator
 
 import polars as pl
 
-from ..model.flowops import OpSpec
 from ..logic.partition import MAX_EXAMPLES
+from ..model.flowops import OpSpec
 from .records import (Batch, BadRecords, concat_frames, empty_frame, frame_lines, positional,
                       read_lines, record_text, slices, to_frame, to_text)
 from .spill import ExternalSort
@@ -34,6 +34,9 @@ REC = "__r"
 
 @dataclass
 class OpContext:
+    """What operators of one stage instance share: the field separator, where and past
+    what size sort spills, the rows per output frame, and the keys a combiner may hold
+    before it sends its partials."""
     sep: str = "\t"
     spill_dir: Path | None = None
     memory_bytes: int = 512 << 20
@@ -385,7 +388,8 @@ class JoinOp(Operator):
         self.key, self.right_key, self.how = list(key), list(right_key), how
         self._left: list[pl.DataFrame] = []
         self._right: list[pl.DataFrame] = []
-        self._table: pl.DataFrame | None = None
+        self._table: pl.DataFrame | None = None          # the right input, once it has ended
+        self._rest: list[str] = []                          # its fields other than the key
         self._lk = [f"__l{i}" for i in range(len(self.key))]
         self._rk = [f"__j{i}" for i in range(len(self.key))]
 
@@ -428,9 +432,14 @@ class JoinOp(Operator):
                          maintain_order="left", coalesce=True)
         right = [pl.col(n) for n in self._rest]
         if self.how == "left":
-            right = [pl.when(pl.col("__m").is_null()).then(pl.lit("")).otherwise(pl.col(n).cast(pl.Utf8))
-                     .alias(n) for n in self._rest]
-        return positional(joined.select([pl.col(c) for c in cols] + right).collect())
+            right = [pl.when(pl.col("__m").is_null()).then(pl.lit(""))
+                     .otherwise(pl.col(n).cast(pl.Utf8)).alias(n) for n in self._rest]
+        out = positional(joined.select([pl.col(c) for c in cols] + right).collect())
+        if self._rest and any(left.get_column(c).null_count() for c in cols):
+            # a short left record: its right fields follow its last field, so the record
+            # is kept whole in one text column (split again where fields are needed)
+            out = out.select(record_text(self.ctx.sep).alias("1"))
+        return out
 
     def finish(self) -> Iterator[Batch]:
         yield from self.end_port(1)

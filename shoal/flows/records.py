@@ -3,9 +3,9 @@
 A batch is `bytes` (whole lines, each ending in a newline) or a polars DataFrame whose
 column k-1 is field k. Text becomes a frame of Utf8 columns named "1", "2", ...:
 
-  * the frame is as wide as the first line (counted in fields), and at least `need` wide;
-  * a line with more fields keeps the rest, separators and all, in the last column (the
-    frame gets one more column if that is needed to keep field `need` on its own);
+  * the frame is as wide as the widest line (counted in fields), and at least `need`
+    wide; past 256 fields (or past `need`, if more) a line keeps the rest, separators
+    and all, in the last column;
   * a line with fewer fields has nulls in the columns it lacks, and frame_to_text leaves
     nulls out, so text -> frame -> text gives back the same lines;
   * a line with fewer than `need` fields is a bad record: dropped and counted.
@@ -14,6 +14,7 @@ An empty line is one empty field. Bytes that are not UTF-8 become U+FFFD.
 """
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass, field
 
 import polars as pl
@@ -23,6 +24,7 @@ from ..logic.partition import EXAMPLE_CHARS, MAX_EXAMPLES, lines_series
 Batch = bytes | pl.DataFrame
 
 _BOM = b"\xef\xbb\xbf"
+MAX_WIDTH = 256
 _SPARE = [bytes([c]) for c in (*range(1, 9), 11, 12, *range(14, 32), 0)]
 
 
@@ -104,20 +106,11 @@ def text_to_frame(data: bytes, sep: str = "\t", need: int = 1) -> tuple[pl.DataF
     bad = BadRecords()
     if not data:
         return empty_frame(need), bad
-    first = data.find(b"\n")
-    head = data[:first if first >= 0 else len(data)]
-    width = max(need, head.count(sep.encode()) + 1)
     lines = text_lines(data)
-    if width == 1:
-        df = lines.to_frame("1")
-    else:
-        df = lines.str.splitn(sep, width).struct.unnest()
-        df.columns = [str(i) for i in range(1, width + 1)]
-    if width == need and df.get_column(str(width)).str.contains(sep, literal=True).any():
-        # field `need` must stand alone: move what follows it into one more column
-        rest = df.get_column(str(width)).str.splitn(sep, 2).struct.unnest()
-        rest.columns = [str(width), str(width + 1)]
-        df = df.drop(str(width)).hstack(rest)
+    width = 1
+    if sep.encode() in data:
+        width = int(lines.str.count_matches(sep, literal=True).max()) + 1
+    df = split_fields(lines, sep, max(need, min(width, max(MAX_WIDTH, need + 1))))
     if need > 1:
         col = df.get_column(str(need))
         if col.null_count():
@@ -125,6 +118,15 @@ def text_to_frame(data: bytes, sep: str = "\t", need: int = 1) -> tuple[pl.DataF
             bad.add(lines.filter(~ok).head(MAX_EXAMPLES).to_list(), col.null_count())
             df = df.filter(ok)
     return df, bad
+
+
+def split_fields(lines: pl.Series, sep: str, width: int) -> pl.DataFrame:
+    """Lines split into `width` columns, the rest of a longer line kept in the last."""
+    if width == 1:
+        return lines.to_frame("1")
+    df = lines.str.splitn(sep, width).struct.unnest()
+    df.columns = [str(i) for i in range(1, width + 1)]
+    return df
 
 
 def empty_frame(width: int) -> pl.DataFrame:
@@ -145,8 +147,9 @@ def frame_to_text(df: pl.DataFrame, sep: str = "\t") -> bytes:
     one_byte = len(sep.encode()) == 1
     if not one_byte or any(df.get_column(c).null_count() for c in df.columns):
         df = df.select(record_text(sep))
-    return df.write_csv(include_header=False, separator=sep if one_byte else ",",
-                        quote_style="never").encode()
+    out = io.BytesIO()
+    df.write_csv(out, include_header=False, separator=sep if one_byte else ",", quote_style="never")
+    return out.getvalue()
 
 
 def to_text(batch: Batch, sep: str = "\t") -> bytes:
@@ -155,11 +158,18 @@ def to_text(batch: Batch, sep: str = "\t") -> bytes:
 
 def to_frame(batch: Batch, sep: str = "\t", need: int = 1) -> tuple[pl.DataFrame, BadRecords]:
     """A frame with columns "1", "2", ... whose rows have their first `need` fields; rows
-    that do not are dropped and counted."""
+    that do not are dropped and counted. A frame narrower than `need` whose last column
+    is text has that column split further at sep (it may hold the rest of each record)."""
     if not isinstance(batch, pl.DataFrame):
         return text_to_frame(bytes(batch), sep, need)
     df = positional(batch)
     bad = BadRecords()
+    if 0 < df.width < need and df.dtypes[-1] == pl.Utf8:
+        # a last text column may hold the rest of each record: split it further
+        last = df.columns[-1]
+        rest = split_fields(df.get_column(last), sep, need - df.width + 2)
+        rest.columns = [str(i) for i in range(df.width, need + 2)]
+        df = df.drop(last).hstack(rest)
     if df.width < need:
         if df.height:
             bad.add(frame_lines(df.head(MAX_EXAMPLES), sep), df.height)

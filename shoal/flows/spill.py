@@ -61,7 +61,7 @@ class ExternalSort:
             self._dir = Path(tempfile.mkdtemp(prefix="shoal-sort-", dir=base))
         run = self._sorted_buffer()
         path = self._dir / f"run-{len(self.runs):05d}.arrow"
-        run.write_ipc(path, compression="uncompressed", record_batch_size=RUN_BATCH_ROWS)
+        drop_keys(run).write_ipc(path, compression="uncompressed", record_batch_size=RUN_BATCH_ROWS)
         self.runs.append(path)
         self.spilled_bytes += path.stat().st_size
 
@@ -88,7 +88,7 @@ class ExternalSort:
                     if piece is None:
                         merge.end(i)
                     else:
-                        merge.push_keyed(i, piece)
+                        merge.push_keyed(i, with_sort_keys(piece, self.key, self.numeric))
                 out = merge.pop_keyed()
                 if out is not None:
                     yield from slices(drop_keys(out), self.batch_rows)

@@ -24,6 +24,7 @@ class Output:
     port: int               # which input of the target this feeds (join: 0 = left, 1 = right)
     parallelism: int        # the target's instances
     combine: Any = None     # the target's op spec when the sender pre-aggregates for it
+    route_key: tuple[int, ...] = ()   # the hash key's fields in what is sent (combiner output differs)
 
 
 @dataclass(frozen=True)
@@ -160,6 +161,14 @@ def _op_name(op: Any) -> str:
     return op if isinstance(op, str) else next(iter(op), "?") if isinstance(op, dict) else type(op).__name__
 
 
+def _combines(op, edge: EdgeSpec) -> bool:
+    """Whether senders pre-aggregate for `op` over this edge: only into an aggregating
+    operator, and for a hash edge only when its key is made of the operator's key fields."""
+    if op is None or not op.combinable or op.inputs != 1 or edge.edge not in ("hash", "collect"):
+        return False
+    return edge.edge == "collect" or op.combined_edge_key(edge.key) is not None
+
+
 def _plan(spec, ops, sources, sinks, readers, deps) -> Plan:
     order: list[str] = []
     done: set[str] = set()
@@ -177,16 +186,15 @@ def _plan(spec, ops, sources, sinks, readers, deps) -> Plan:
         for target, e, port in readers[name]:
             t_i, t = by_name[target]
             t_op = ops.get(target)
-            combine = t_op if (t_op is not None and t_op.combinable and e.edge in ("hash", "collect")
-                               and t_op.inputs == 1) else None
-            outputs.append(Output(target, e, port, t.parallelism, combine))
+            combine = t_op if _combines(t_op, e) else None
+            route = combine.combined_edge_key(e.key) if combine is not None and e.edge == "hash" else e.key
+            outputs.append(Output(target, e, port, t.parallelism, combine, tuple(route)))
         if s.read is not None:
             senders: tuple[int, ...] = (1,) if sources[name].stdin or sources[name].iterable else (0,)
             combined: tuple[bool, ...] = (False,)
         else:
             senders = tuple(by_name[e.source][1].parallelism for e in s.edges)
-            combined = tuple(bool(op is not None and op.combinable and e.edge in ("hash", "collect")
-                                  and op.inputs == 1) for e in s.edges)
+            combined = tuple(_combines(op, e) for e in s.edges)
         merge = next((e for e in s.edges if e.edge == "merge_sorted"), None)
         plan.stages[name] = StagePlan(name, i, s.parallelism, s, op, sources.get(name), sinks.get(name),
                                       senders, combined, merge, tuple(outputs))

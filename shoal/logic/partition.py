@@ -18,7 +18,8 @@ Definition (all arithmetic modulo 2**64, `G = 0x9E3779B97F4A7C15`):
 
     stable_hash(f_1, ..., f_m):  h = 0; for each key field: h = splitmix64(h ^ field(f_i))
 
-A record goes to partition `stable_hash(key fields) % n`.
+A record goes to partition `stable_hash(key fields) % n`. Text is hashed as the bytes it
+holds (bytes that are not UTF-8 included); a frame's values as their UTF-8 text.
 """
 from __future__ import annotations
 
@@ -69,27 +70,27 @@ def hash_ranges(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.nda
     last = len(buf) - 8
     nwords = (lens + 7) >> 3
     most = int(nwords.max()) if n else 0
+    fewest = int(nwords.min()) if n else 0
     sums = np.zeros(n, dtype=np.uint64)
-    if most > 2:
-        order = np.argsort(-nwords, kind="stable")
-        active = n - np.searchsorted(nwords[order][::-1], np.arange(most), side="right")
+    rows = None                       # the ranges that still have words: None means all
     with np.errstate(over="ignore"):
         for j in range(most):
-            if most > 2 and active[j] < n:
-                rows = order[:active[j]]
-                pos = starts[rows] + 8 * j
-                left = lens[rows] - 8 * j
+            if rows is None and j >= fewest and np.count_nonzero(nwords > j) < n // 2:
+                rows = np.flatnonzero(nwords > j)
+            elif rows is not None:
+                rows = rows[nwords[rows] > j]
+            if rows is None:
+                pos, left = starts + 8 * j, lens - 8 * j
             else:
-                rows = None
-                pos = starts + 8 * j
-                left = lens - 8 * j
+                pos, left = starts[rows] + 8 * j, lens[rows] - 8 * j
             w = _words_at(view, pos, last)
             np.clip(left, 0, 8, out=left)
             w &= _LOW[left]
             w += U64(j + 1) * G + G
             _mix(w)
-            w[left == 0] = 0
             if rows is None:
+                if j >= fewest:
+                    w[left == 0] = 0
                 sums += w
             else:
                 sums[rows] += w
@@ -99,15 +100,13 @@ def hash_ranges(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.nda
 
 def _words_at(view: np.ndarray, pos: np.ndarray, last: int) -> np.ndarray:
     """The 8 bytes at each position, little-endian; bytes past the end read as 0."""
-    if len(pos) and pos.max() > last:
-        at = np.minimum(pos, last)
-        w = view[at]
-        shift = ((pos - at) * 8).astype(np.uint64)
-        big = shift >= 64
-        w >>= np.minimum(shift, U64(63))
-        w[big] = 0
-        return w
-    return view[pos]
+    if not len(pos) or pos.max() <= last:
+        return view[pos]
+    w = view[np.minimum(pos, last)]
+    tail = np.flatnonzero(pos > last)
+    shift = ((pos[tail] - last) * 8).astype(np.uint64)
+    w[tail] = np.where(shift >= 64, U64(0), view[last] >> np.minimum(shift, U64(63)))
+    return w
 
 
 def _utf8_ranges(s: pl.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -163,6 +162,8 @@ def partition_frame(df: pl.DataFrame, key: list[int], n: int) -> list[pl.DataFra
 
 
 def _group_rows(df: pl.DataFrame, part: np.ndarray, n: int) -> list[pl.DataFrame]:
+    if n <= 4:
+        return [df.filter(pl.Series(part == i)) for i in range(n)]
     order = np.argsort(part.astype(np.uint16) if n <= 65536 else part, kind="stable")
     counts = np.bincount(part, minlength=n)
     taken = df[pl.Series(order)]

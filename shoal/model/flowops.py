@@ -244,8 +244,9 @@ def _split(value: Any) -> tuple[str, Any]:
     if not isinstance(name, str) or name not in OPTIONS:
         raise ValueError(f"unknown operator {name!r} (known: {', '.join(OPTIONS)})")
     if opts is not None and not isinstance(opts, (dict, _Options)):
-        raise ValueError(f"options of {name} must be a mapping such as "
-                         f"{{{name}: {{{', '.join(f'{f}: ...' for f in OPTIONS[name].model_fields) or ''}}}}} (got {opts!r})")
+        fields = ", ".join(f"{f}: ..." for f in OPTIONS[name].model_fields)
+        raise ValueError(f"options of {name} must be a mapping such as {{{name}: {{{fields}}}}} "
+                         f"(got {opts!r})")
     return name, opts
 
 

@@ -3,13 +3,16 @@ from __future__ import annotations
 
 import polars as pl
 
+from ..flows.records import to_frame
 from ..logic.partition import partition_frame, partition_text
 from ..model.flow import EdgeSpec
 
 
 class Router:
-    def __init__(self, edge: EdgeSpec, targets: int, sep: str, sender_index: int = 0):
+    def __init__(self, edge: EdgeSpec, targets: int, sep: str, sender_index: int = 0,
+                 key: list[int] | None = None):
         self.edge = edge
+        self.key = list(key) if key else list(edge.key)   # fields of the hash key in what is sent
         self.n = targets
         self.sep = sep
         self.next = sender_index % targets    # senders start apart, so scatter spreads at once
@@ -28,9 +31,13 @@ class Router:
             self.next = (i + 1) % self.n
             return [(i, batch)]
         if isinstance(batch, pl.DataFrame):
-            parts = partition_frame(batch, self.edge.key, self.n)
+            df, bad = to_frame(batch, self.sep, max(self.key))   # rows lacking the key are bad
+            if bad.count:
+                self.bad += bad.count
+                self.bad_examples = (self.bad_examples + list(bad.examples))[:5]
+            parts = partition_frame(df, self.key, self.n)
             return [(i, p) for i, p in enumerate(parts) if p.height]
-        parts, bad, examples = partition_text(batch, self.edge.key, self.sep, self.n)
+        parts, bad, examples = partition_text(batch, self.key, self.sep, self.n)
         if bad:
             self.bad += bad
             self.bad_examples = (self.bad_examples + list(examples))[:5]
