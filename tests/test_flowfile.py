@@ -146,7 +146,6 @@ stages:
     write: out.tsv
   - name: s
     input: {from: a, edge: hash, key: 3}
-    parallelism: 2
     op: {reduce: {key: 1, value: 2, fn: sum}}
     write: out2.tsv
 """
@@ -156,3 +155,9 @@ stages:
     assert to_n.combine is not None and to_n.route_key == (1,)
     # an edge keyed on a field the reduce does not group by cannot be pre-aggregated
     assert to_s.combine is None and to_s.route_key == (3,) and plan.stages["s"].combined == (False,)
+    # with more than one instance that would split a key's records: refused, with the line
+    got = problems(text.replace("    op: {reduce:", "    parallelism: 2\n    op: {reduce:"))
+    assert any(p.startswith("line 13:") and "not among reduce's key fields [1]" in p for p in got), got
+    got = problems(text.replace("{from: a, edge: hash, key: 3}", "{from: a}").replace(
+        "    op: {reduce:", "    parallelism: 2\n    op: {reduce:"))
+    assert any("needs a hash edge on its key" in p for p in got), got

@@ -150,7 +150,7 @@ def test_sigkill_of_a_node_restarts_the_run_and_writes_the_output_once(make_clus
     text = ("name: slow\nrestarts: 2\nstages:\n"
             "  - name: slow\n    read: in.tsv\n    parallelism: 3\n"
             "    command: \"while read a b; do printf '%s\\\\t%s\\\\n' $a $b; sleep 0.002; done\"\n"
-            "  - name: total\n    input: {from: slow, edge: hash, key: 1}\n    parallelism: 2\n"
+            "  - name: total\n    input: {from: slow, edge: hash, key: 2}\n    parallelism: 2\n"
             "    op: {reduce: {key: 2, value: 1, fn: sum}}\n    write: {path: out.tsv}\n")
     killed = {}
 
@@ -280,3 +280,22 @@ def test_word_counts_land_in_a_postgres_table_once(cluster, tmp_path, postgres):
         staging = conn.execute("SELECT count(*) FROM pg_tables WHERE tablename LIKE 'word_counts__%'").fetchone()[0]
     assert got == dict(want)
     assert staging == 0
+
+
+def test_a_full_spill_disk_fails_the_flow_with_the_reason(cluster, tmp_path):
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)], check=True)
+    try:
+        r = random.Random(5)
+        (tmp_path / "in.tsv").write_text("".join(f"{r.random():.12f}\t{'x' * 40}\n" for _ in range(40000)))
+        text = ("name: spill-full\nstages:\n  - name: s\n    read: in.tsv\n    op: {sort: {key: 1}}\n"
+                f"    env: {{SHOAL_SPILL_BYTES: '200000', TMPDIR: '{mnt}'}}\n    write: out.tsv\n")
+        with shoal.connect(cluster.state()["nodes"][0]["api"]) as c:
+            with pytest.raises(FlowFailed) as e:
+                run_yaml(c, text, tmp_path)
+        assert "No space left on device" in str(e.value) and "s[0]" in str(e.value)
+        assert not (tmp_path / "out.tsv").exists()
+        assert not any(mnt.iterdir())          # the spill runs were removed
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)

@@ -139,6 +139,22 @@ def check(spec: FlowSpec) -> tuple[Plan | None, list[tuple[Path, str]]]:
                 p.add(("stages", i, "inputs"), "with parallelism > 1 a join's inputs must both be hash edges "
                                                "on the key (or one of them broadcast)")
 
+    for i, s in enumerate(spec.stages):
+        op = ops.get(s.name)
+        if op is None or op.name not in ("count", "reduce", "distinct") or s.parallelism == 1:
+            continue
+        for port, e in enumerate(s.edges):
+            path = ("stages", i, "input") if s.input else ("stages", i, "inputs", port)
+            if e.edge != "hash":
+                p.add(path, f"{op.name} with parallelism {s.parallelism} needs a hash edge on its key, so each "
+                            f"key meets in one instance (got {e.edge})")
+            elif op.combined_edge_key(e.key) is None:
+                p.add(path, f"hash key {e.key} is not among {op.name}'s key fields {op.key_fields}: one key's "
+                            "records would be split across instances")
+        if s.read is not None:
+            p.add(("stages", i, "read"), f"{op.name} with parallelism {s.parallelism} cannot read a source "
+                                         "directly: read in a stage before it and hash on the key")
+
     deps = {s.name: [e.source for e in s.edges if e.source in names] for s in spec.stages}
     cycle = find_cycle(deps)
     if cycle:
