@@ -61,6 +61,12 @@ def _instance_argv(run: str, attempt: int, stage: str, index: int) -> list[str]:
             run, str(attempt), stage, str(index)]
 
 
+def _threads(cluster_cpus: float, parallelism: int) -> int:
+    """Threads for an instance's vectorised work: its share of the cluster's cores, so the
+    instances of a stage do not fight over the same cores (a stage's env may set its own)."""
+    return max(1, int(cluster_cpus // parallelism))
+
+
 def _own_address(api: str) -> str:
     """The address nodes can reach this client at: loopback for a local cluster."""
     host = urlparse(api).hostname or "127.0.0.1"
@@ -212,13 +218,15 @@ class FlowRun:
                                     json={"address": addr})
             side.append(asyncio.create_task(self._receive(inbox, out_path)))
         specs, names = [], []
+        cpus = sum(n.get("cpus", 0) for n in await self.client.nodes()) or 1
         for st in self.plan.stages.values():
             for i in range(st.parallelism):
                 s = st.spec
                 specs.append({"command": _instance_argv(self.run, attempt, st.name, i), "cpus": s.cpus,
                               "memory": s.memory, "labels": s.labels, "slots": 0, "retries": 0,
                               "name": f"{self.run}/{st.name}[{i}]",
-                              "env": {**s.env, "SHOAL_FLOW_DIR": self.base_dir, "PYTHONUNBUFFERED": "1"}})
+                              "env": {"POLARS_MAX_THREADS": str(_threads(cpus, st.parallelism)), **s.env,
+                                      "SHOAL_FLOW_DIR": self.base_dir, "PYTHONUNBUFFERED": "1"}})
                 names.append(st.name)
         try:
             ids = await self.client.submit_many(specs, job=self.run)
