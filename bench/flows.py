@@ -9,7 +9,8 @@
         polars     one process: scan_csv of whole lines, split, explode, group_by, top 10
                    (streaming engine); its answer is the one the others are checked against
   (2) sort of a key<TAB>payload TSV by its key
-        shoal      `shoal flow run` of sort (x2) -> merge_sorted -> one file
+        shoal      `shoal flow run`: read (x2) -> range edge on sampled keys -> sort (x2),
+                   the two sorted parts committed as one file
         coreutils  LC_ALL=C sort -t TAB -k1,1 -S 25% F -o OUT (both cores)
         polars     one process: read_csv, sort, write_csv
                    shoal's and polars' outputs must be as large as the input and have the
@@ -260,13 +261,14 @@ stages:
 SORT_YAML = """\
 name: sort
 stages:
-  - name: sorted
+  - name: read
     read: {src}
     parallelism: 2
-    op: {{sort: {{key: 1}}}}
-  - name: out
-    input: {{from: sorted, edge: merge_sorted, key: 1}}
     op: pass
+  - name: sorted
+    input: {{from: read, edge: range, key: 1}}
+    parallelism: 2
+    op: {{sort: {{key: 1}}}}
     write: {{path: {dst}, overwrite: true}}
 """
 

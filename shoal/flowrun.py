@@ -23,6 +23,7 @@ from .client import AsyncClient
 from .errors import Conflict, InvalidSpec, NotFound, ShoalError
 from .flows.instance import CLIENT, EXIT_LOST, EXIT_UPSTREAM
 from .flows.records import to_text
+from .flows.sampling import bounds, sample_keys
 from .flows.sinks import make_sink
 from .flows.sources import expand, iterable_blocks, read_stream
 from .logic.flowplan import Plan, plan_or_raise
@@ -145,6 +146,7 @@ class FlowRun:
                        "restarts": self.spec.restarts, "started": t0, "tasks": {}, "base_dir": self.base_dir,
                        "spec": self.spec.model_dump(mode="json", by_alias=True, exclude_defaults=True)}
         try:
+            self.record["bounds"] = await asyncio.to_thread(self._range_bounds)
             await self._spool_input()
             for attempt in range(1, self.spec.restarts + 2):
                 outcome = await self._attempt(attempt)
@@ -170,6 +172,17 @@ class FlowRun:
             raise
         finally:
             shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def _range_bounds(self) -> dict[str, list[str]]:
+        """For each range edge, the key cut points sampled from its sender's files."""
+        out = {}
+        for st in self.plan.stages.values():
+            for e in st.spec.edges:
+                if e.edge == "range":
+                    src = self.plan.stages[e.source].source
+                    keys = sample_keys(src, e.key[0], self.spec.separator)
+                    out[f"{e.source}>{st.name}"] = bounds(keys, st.parallelism)
+        return out
 
     def _who(self, rec) -> str:
         if rec is None:

@@ -161,3 +161,16 @@ stages:
     got = problems(text.replace("{from: a, edge: hash, key: 3}", "{from: a}").replace(
         "    op: {reduce:", "    parallelism: 2\n    op: {reduce:"))
     assert any("needs a hash edge on its key" in p for p in got), got
+
+
+def test_range_edge_needs_a_file_reading_sender_and_bounds_split_evenly():
+    got = problems("name: r\nstages:\n  - name: a\n    read: '-'\n    op: pass\n"
+                   "  - name: s\n    input: {from: a, edge: range, key: 1}\n    parallelism: 2\n"
+                   "    op: {sort: {key: 1}}\n    write: out.tsv\n")
+    assert any(p.startswith("line 7:") and "range edge needs a sender that reads files" in p for p in got), got
+    assert any("one key field" in p for p in problems(
+        "name: r\nstages:\n  - name: a\n    read: x\n    op: pass\n  - name: s\n"
+        "    input: {from: a, edge: range, key: [1, 2]}\n    op: pass\n    write: o\n"))
+    from shoal.flows.sampling import bounds
+    keys = [f"k{i:03d}" for i in range(300)]
+    assert bounds(keys, 3) == ["k100", "k200"] and bounds(keys, 1) == [] and bounds([], 4) == []

@@ -299,3 +299,19 @@ def test_a_full_spill_disk_fails_the_flow_with_the_reason(cluster, tmp_path):
         assert not any(mnt.iterdir())          # the spill runs were removed
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_range_edge_sort_balances_instances_and_concatenates_in_order(cluster, tmp_path):
+    r = random.Random(11)
+    lines = [f"{r.choice('abcdefgh')}{r.randrange(10**6):06d}\t{i}\n" for i in range(50000)]
+    (tmp_path / "in.tsv").write_text("".join(lines))
+    text = ("name: rsort\nstages:\n  - name: read\n    read: in.tsv\n    parallelism: 2\n    op: pass\n"
+            "  - name: sorted\n    input: {from: read, edge: range, key: 1}\n    parallelism: 3\n"
+            "    op: {sort: {key: 1}}\n    write: {path: out.tsv}\n")
+    with shoal.connect(cluster.state()["nodes"][0]["api"]) as c:
+        result = run_yaml(c, text, tmp_path)
+    got = (tmp_path / "out.tsv").read_text().splitlines(keepends=True)
+    assert [x.split("\t")[0] for x in got] == sorted(x.split("\t")[0] for x in lines)
+    assert sorted(got) == sorted(lines)
+    shares = [i["in"] for s in result.stages if s["name"] == "sorted" for i in s["instances"]]
+    assert len(shares) == 3 and min(shares) > 50000 / 3 * 0.6, shares   # sampled ranges: even shares

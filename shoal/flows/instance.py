@@ -105,7 +105,9 @@ def _records_out(result, sep: str) -> list[str]:
 
 
 class Instance:
-    def __init__(self, store: Store, run: str, attempt: int, plan: Plan, stage: StagePlan, index: int):
+    def __init__(self, store: Store, run: str, attempt: int, plan: Plan, stage: StagePlan, index: int,
+                 bounds: dict[str, list[str]] | None = None):
+        self.bounds = bounds or {}
         self.store, self.run, self.attempt, self.plan, self.st, self.index = store, run, attempt, plan, stage, index
         self.sep = plan.spec.separator
         self.limit = plan.spec.bad_records
@@ -137,7 +139,9 @@ class Instance:
         await asyncio.gather(*(lk.open() for lk in links))
         self.links.extend(links)
         combiner = make_combiner(out.combine, self.ctx) if out.combine is not None else None
-        return out, Router(out.edge, len(links), self.sep, self.index, list(out.route_key)), links, combiner
+        router = Router(out.edge, len(links), self.sep, self.index, list(out.route_key),
+                        self.bounds.get(f"{self.st.name}>{out.target}"))
+        return out, router, links, combiner
 
     async def run_(self) -> None:
         st = self.st
@@ -381,7 +385,7 @@ async def main(run: str, attempt: int, stage: str, index: int) -> int:
         await store.connect(wait_s=10)
         record = await fstore.get_run(store, run)
         plan = plan_or_raise(FlowSpec.model_validate(record["spec"]))
-        await Instance(store, run, attempt, plan, plan.stages[stage], index).run_()
+        await Instance(store, run, attempt, plan, plan.stages[stage], index, record.get("bounds")).run_()
         return 0
     except FilterFailed as e:
         print(f"stage {stage}[{index}]: {e}", file=sys.stderr)

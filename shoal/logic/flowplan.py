@@ -140,6 +140,13 @@ def check(spec: FlowSpec) -> tuple[Plan | None, list[tuple[Path, str]]]:
                                                "on the key (or one of them broadcast)")
 
     for i, s in enumerate(spec.stages):
+        for port, e in enumerate(s.edges):
+            up = sources.get(e.source)
+            if e.edge == "range" and (up is None or up.stdin or up.iterable):
+                p.add(("stages", i, "input") if s.input else ("stages", i, "inputs", port),
+                      f"a range edge needs a sender that reads files (its key ranges are sampled from them); "
+                      f"{e.source!r} does not")
+    for i, s in enumerate(spec.stages):
         op = ops.get(s.name)
         if op is None or op.name not in ("count", "reduce", "distinct") or s.parallelism == 1:
             continue

@@ -12,6 +12,8 @@ Edges (how the records of stage A reach the instances of stage B):
     broadcast     every record to every instance
     collect       everything into one instance (B's parallelism must be 1)
     merge_sorted  like collect, merging inputs already sorted by the key into one order
+    range         by key ranges sampled from the sending stage's source: instance i gets
+                  the i-th range, so sorted instances' outputs concatenate in key order
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from .task import Size
 
-EDGES = ("scatter", "hash", "broadcast", "collect", "merge_sorted")
+EDGES = ("scatter", "hash", "broadcast", "collect", "merge_sorted", "range")
 NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\Z")
 
 
@@ -36,8 +38,8 @@ class EdgeSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     source: str = Field(alias="from", min_length=1, description="the stage whose output this is")
-    edge: Literal["scatter", "hash", "broadcast", "collect", "merge_sorted"] = "scatter"
-    key: list[int] = Field(default_factory=list, description="key fields (from 1) for hash and merge_sorted")
+    edge: Literal["scatter", "hash", "broadcast", "collect", "merge_sorted", "range"] = "scatter"
+    key: list[int] = Field(default_factory=list, description="key fields (from 1) for hash, merge_sorted, range")
     numeric: bool = Field(False, description="merge_sorted: compare keys as numbers")
     reverse: bool = Field(False, description="merge_sorted: descending order")
 
@@ -52,10 +54,12 @@ class EdgeSpec(BaseModel):
 
     @model_validator(mode="after")
     def _key_where_needed(self):
-        if self.edge in ("hash", "merge_sorted") and not self.key:
+        if self.edge in ("hash", "merge_sorted", "range") and not self.key:
             raise ValueError(f"key: required for a {self.edge} edge (a field number such as 1, or a list)")
-        if self.key and self.edge not in ("hash", "merge_sorted"):
-            raise ValueError(f"key: only hash and merge_sorted edges take a key (this edge is {self.edge})")
+        if self.key and self.edge not in ("hash", "merge_sorted", "range"):
+            raise ValueError(f"key: only hash, merge_sorted and range edges take a key (this edge is {self.edge})")
+        if self.edge == "range" and len(self.key) != 1:
+            raise ValueError("key: a range edge takes one key field")
         return self
 
 

@@ -4,14 +4,15 @@ from __future__ import annotations
 import polars as pl
 
 from ..flows.records import to_frame
-from ..logic.partition import partition_frame, partition_text
+from ..logic.partition import partition_frame, partition_text, range_partition
 from ..model.flow import EdgeSpec
 
 
 class Router:
     def __init__(self, edge: EdgeSpec, targets: int, sep: str, sender_index: int = 0,
-                 key: list[int] | None = None):
+                 key: list[int] | None = None, bounds: list[str] | None = None):
         self.edge = edge
+        self.bounds = bounds or []
         self.key = list(key) if key else list(edge.key)   # fields of the hash key in what is sent
         self.n = targets
         self.sep = sep
@@ -30,6 +31,8 @@ class Router:
             i = self.next
             self.next = (i + 1) % self.n
             return [(i, batch)]
+        if kind == "range":
+            return self._by_range(batch)
         if isinstance(batch, pl.DataFrame):
             df, bad = to_frame(batch, self.sep, max(self.key))   # rows lacking the key are bad
             if bad.count:
@@ -42,3 +45,12 @@ class Router:
             self.bad += bad
             self.bad_examples = (self.bad_examples + list(examples))[:5]
         return [(i, p) for i, p in enumerate(parts) if p]
+
+    def _by_range(self, batch) -> list[tuple[int, object]]:
+        df, bad = to_frame(batch, self.sep, self.key[0])
+        if bad.count:
+            self.bad += bad.count
+            self.bad_examples = (self.bad_examples + list(bad.examples))[:5]
+        part = range_partition(df.get_column(df.columns[self.key[0] - 1]), self.bounds)
+        df = df.with_columns(pl.Series("__part", part))
+        return [(int(i), g.drop("__part")) for (i,), g in df.partition_by("__part", as_dict=True).items()]
