@@ -47,6 +47,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 if str(BENCH_DIR) not in sys.path:
     sys.path.insert(0, str(BENCH_DIR))
 import flowdata  # noqa: E402
+from map_throughput import shoal_cli  # noqa: E402
 
 TARGET_WC_SECONDS_PER_GIB = 12.0   # word count: 1 GB in <= 12 s
 WC_PEERS = ("coreutils", "mawk", "dask", "polars")
@@ -346,15 +347,6 @@ def check_sort(res: dict, in_bytes: int, ref: dict | None) -> str | None:
 
 # -- shoal ---------------------------------------------------------------------------------------
 
-def shoal_cli() -> list[str]:
-    """The `shoal` console script of this interpreter's environment (what a user runs)."""
-    script = Path(sys.executable).parent / "shoal"
-    if script.exists():
-        return [str(script)]
-    found = shutil.which("shoal")
-    return [found] if found else [sys.executable, "-m", "shoal"]
-
-
 def cluster_cpu(st: dict) -> float:
     """CPU seconds so far of etcd and the node, with the children the node has reaped."""
     import psutil
@@ -437,15 +429,8 @@ def run_shoal(args, sections: dict, work: Path) -> dict:
             f"etcd pid {st['etcd']['pid']}, home {home}")
         for kind, (src, _) in sections.items():
             warm(src)
-            runs = []
-            for _ in range(args.repeat):
-                r = shoal_flow(kind, src, work, api, st, args.timeout)
-                runs.append(r)
-                say(f"  shoal {kind}: " + (f"{r['seconds']:.2f}s" if "error" not in r else
-                                            f"FAILED after {r['seconds']:.2f}s\n" + indent(r["error"])))
-                if "error" in r:
-                    break
-            results[kind] = best_of(runs)
+            results[kind] = repeated(f"shoal {kind}", args.repeat,
+                                     lambda: shoal_flow(kind, src, work, api, st, args.timeout))
     finally:
         started = node_descendants(st) if st else []
         cluster.destroy()
@@ -461,6 +446,19 @@ def run_shoal(args, sections: dict, work: Path) -> dict:
 
 def indent(text: str, pad: str = "    ") -> str:
     return "\n".join(pad + ln for ln in text.splitlines())
+
+
+def repeated(label: str, times: int, run) -> dict:
+    """The best of `times` runs of run(), each reported; stops at the first failure."""
+    runs = []
+    for _ in range(times):
+        r = run()
+        runs.append(r)
+        say(f"  {label}: " + (f"{r['seconds']:.2f}s" if "error" not in r else
+                              f"FAILED after {r['seconds']:.2f}s\n" + indent(r["error"])))
+        if "error" in r:
+            break
+    return best_of(runs)
 
 
 def best_of(runs: list[dict]) -> dict:
@@ -501,15 +499,8 @@ def run_peers(args, kind: str, src: Path, work: Path) -> dict:
             say(f"  {name}: skipped, {why}")
             out[name] = {"skipped": why}
             continue
-        runs = []
-        for _ in range(args.repeat):
-            r = (wordcount_peer if kind == "wordcount" else sort_peer)(name, src, work, args.timeout)
-            runs.append(r)
-            say(f"  {name} {kind}: " + (f"{r['seconds']:.2f}s" if "error" not in r else
-                                         f"FAILED after {r['seconds']:.2f}s\n" + indent(r["error"])))
-            if "error" in r:
-                break
-        out[name] = best_of(runs)
+        peer = wordcount_peer if kind == "wordcount" else sort_peer
+        out[name] = repeated(f"{name} {kind}", args.repeat, lambda: peer(name, src, work, args.timeout))
     return out
 
 

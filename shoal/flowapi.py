@@ -23,6 +23,7 @@ import os
 from typing import Any, Callable, Iterable
 
 from .model.flow import FlowSpec
+from .model.flowio import absolute
 
 
 def flow(name: str = "flow", separator: str = "\t", restarts: int = 2, bad_records: int = 0) -> "Flow":
@@ -36,7 +37,7 @@ def _key(key) -> list[int]:
 def _abs(path):
     if isinstance(path, (list, tuple)):
         return [_abs(p) for p in path]
-    return path if path == "-" or "://" in path or os.path.isabs(path) else os.path.abspath(path)
+    return path if path == "-" else absolute(path, os.getcwd())
 
 
 class Flow:
@@ -120,8 +121,7 @@ class Stage:
             work["function"] = function if isinstance(function, str) else \
                 "pickle:" + base64.b64encode(__import__("cloudpickle").dumps(function)).decode()
             work["batch"] = batch
-        fusable = (edge == "scatter" and key is None and "read" in self.stage
-                   and not any(k in self.stage for k in ("op", "command", "function"))
+        fusable = (edge == "scatter" and key is None and self._bare()
                    and parallelism in (None, self.stage["parallelism"]) and not fields)
         if fusable:
             self.stage.update(work)
@@ -164,28 +164,22 @@ class Stage:
     def sort(self, key=1, numeric: bool = False, reverse: bool = False, **kw) -> "Stage":
         """Sorted in each instance, then merged into one sorted stream (merge_sorted)."""
         opts = {"key": _key(key), "numeric": numeric, "reverse": reverse}
-        local = self.then(op={"sort": opts}, **kw) if not self._has_work_or_read_only() else self._fill(
-            op={"sort": opts})
+        local = self.then(op={"sort": opts}, **kw)
         return Stage(local.flow, local.flow._add({
             "name": local.flow._name("merged"), "parallelism": 1, "op": "pass",
             "input": {"from": local.name, "edge": "merge_sorted", "key": _key(key), "numeric": numeric,
                       "reverse": reverse}}).stage)
 
-    def _has_work_or_read_only(self) -> bool:
-        return "read" in self.stage and not any(k in self.stage for k in ("op", "command", "function"))
-
-    def _fill(self, **work) -> "Stage":
-        self.stage.update(work)
-        return self
+    def _bare(self) -> bool:
+        """A stage that only reads (and writes nowhere): the next work can run in it."""
+        return ("read" in self.stage and "write" not in self.stage
+                and not any(k in self.stage for k in ("op", "command", "function")))
 
     def join(self, other: "Stage", key=1, right_key=None, how: str = "inner",
              parallelism: int | None = None, **kw) -> "Stage":
         """Records of this stage (left) joined with `other` (right) on the key fields."""
         rk = _key(right_key if right_key is not None else key)
         n = parallelism or max(self.stage["parallelism"], other.stage["parallelism"])
-        for side in (self, other):
-            if side._has_work_or_read_only():
-                side._fill(op="pass")
         return self.flow._add({"name": kw.pop("name", None) or self.flow._name("join"), "parallelism": n,
                                "op": {"join": {"key": _key(key), "right_key": rk, "how": how}},
                                "inputs": [{"from": self.name, "edge": "hash", "key": _key(key)},
@@ -216,18 +210,12 @@ class Stage:
         such as {"postgres": DSN, "table": "t"}."""
         if isinstance(target, str):
             target = {"path": _abs(target), "overwrite": overwrite}
-        self._fill_if_bare()
         self.stage["write"] = target
         return self.flow
 
     def stdout(self) -> Flow:
-        self._fill_if_bare()
         self.stage["write"] = "-"
         return self.flow
-
-    def _fill_if_bare(self) -> None:
-        if self._has_work_or_read_only():
-            self._fill(op="pass")
 
     def run(self, client=None, **kw):
         return self.flow.run(client, **kw)

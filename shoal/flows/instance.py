@@ -37,9 +37,8 @@ from ..streams.routing import Router
 from .merge import SortedMerge
 from .ops import OpContext, make_combiner, make_op
 from .records import count_records, to_frame, to_text
-from ..model.flowio import MIN_CHUNK
 from .sinks import make_sink
-from .sources import plan_chunks, read_chunk
+from .sources import plan_pieces, read_chunk
 
 # exit statuses: the driving client restarts the run only for a lost peer
 EXIT_COMMAND, EXIT_BAD_RECORDS, EXIT_LOST, EXIT_UPSTREAM = 3, 4, 75, 76
@@ -229,14 +228,9 @@ class Instance:
         """This instance's chunks of the source (chunk j goes to instance j mod N), read
         ahead in a thread so the reading overlaps the work."""
         src = self.st.source
-        chunks = await asyncio.to_thread(plan_chunks, src)
         n = self.st.parallelism
-        if 1 < len(chunks) < 4 * n or (len(chunks) == 1 and n > 1):
-            # few big chunks would leave instances idle: cut them so each gets about four
-            total = sum((c.end or 0) - c.start for c in chunks)
-            smaller = max(MIN_CHUNK, total // (4 * n))
-            if smaller < src.chunk:
-                chunks = await asyncio.to_thread(plan_chunks, src.model_copy(update={"chunk": smaller}))
+        # about four chunks per instance, so none waits idle behind one big chunk
+        chunks = await asyncio.to_thread(plan_pieces, src, 4 * n)
         chunks = chunks[self.index::n]
         queue: asyncio.Queue = asyncio.Queue(4)
         loop = asyncio.get_running_loop()
@@ -305,12 +299,12 @@ class Instance:
         return ("\n".join(out) + "\n").encode() if out else b""
 
     def _check_bad(self) -> None:
-        """Bad records seen by the operator, the combiners and the hash routers."""
+        """Bad records seen by the operator, the combiners and the routers."""
         found = [self.op.bad] if self.op is not None else []
-        found += [c.bad for _, _, _, c in self.outs if c is not None]
-        self.stats.bad = sum(b.count for b in found) + sum(r.bad for _, r, _, _ in self.outs)
+        found += [c.bad for _, _, _, c in self.outs if c is not None] + [r.bad for _, r, _, _ in self.outs]
+        self.stats.bad = sum(b.count for b in found)
         if len(self.stats.bad_examples) < 5:
-            more = [e for b in found for e in b.examples] + [e for _, r, _, _ in self.outs for e in r.bad_examples]
+            more = [e for b in found for e in b.examples]
             self.stats.bad_examples = list(dict.fromkeys(self.stats.bad_examples + more))[:5]
         if self.stats.bad > self.limit:
             raise BadRecordsExceeded(

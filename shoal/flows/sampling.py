@@ -2,18 +2,15 @@
 sorted sample into equal parts, so each receiving instance gets about as many records."""
 from __future__ import annotations
 
-from ..model.flowio import MIN_CHUNK, SourceSpec
+from ..model.flowio import SourceSpec
 from .records import text_to_frame
-from .sources import plan_chunks, read_chunk
+from .sources import plan_pieces, read_chunk
 
 
 def sample_keys(spec: SourceSpec, key: int, sep: str, windows: int = 128,
                 window_bytes: int = 128 << 10) -> list[str]:
     """Keys of the lines at the start of `windows` evenly spread pieces of the input."""
-    chunks = plan_chunks(spec)
-    total = sum((c.end or 0) - c.start for c in chunks)
-    if len(chunks) < windows and total:
-        chunks = plan_chunks(spec.model_copy(update={"chunk": max(MIN_CHUNK, total // windows)}))
+    chunks = plan_pieces(spec, windows)
     keys: list[str] = []
     for chunk in chunks[::max(1, len(chunks) // windows)]:
         block = next(iter(read_chunk(chunk, spec.storage_options, block_bytes=window_bytes)), b"")

@@ -21,7 +21,7 @@ from fsspec.core import url_to_fs
 from fsspec.utils import infer_compression
 
 from ..errors import InvalidSpec, ShoalError
-from ..model.flowio import SourceSpec
+from ..model.flowio import MIN_CHUNK, SourceSpec
 
 NL = b"\n"
 GLOB_CHARS = ("*", "?", "[")
@@ -139,6 +139,18 @@ def plan_chunks(spec: SourceSpec) -> list[Chunk]:
 
 
 # -- reading ------------------------------------------------------------------------------
+
+def plan_pieces(spec: SourceSpec, at_least: int) -> list[Chunk]:
+    """plan_chunks, with chunks cut smaller when there would be fewer than `at_least`
+    (so parallel readers, or a sample, have enough pieces to spread over)."""
+    chunks = plan_chunks(spec)
+    if len(chunks) < at_least:
+        total = sum((c.end or 0) - c.start for c in chunks)
+        smaller = max(MIN_CHUNK, total // at_least)
+        if total and smaller < spec.chunk:
+            chunks = plan_chunks(spec.model_copy(update={"chunk": smaller}))
+    return chunks
+
 
 def read_chunk(chunk: Chunk, storage_options: dict | None = None, block_bytes: int = 8 << 20) -> Iterator[bytes]:
     """The lines of a chunk, as blocks of about block_bytes of whole lines, each ending in

@@ -29,6 +29,7 @@ from pydantic import ValidationError
 
 from ..errors import InvalidSpec
 from ..model.flow import FlowSpec
+from ..model.flowio import absolute
 from .dagfile import LineDict, LineList, load_yaml, plain
 from .flowplan import Plan, check, where
 
@@ -52,9 +53,7 @@ def _line_of(doc: Any, path: tuple) -> int:
 def _resolve(value: Any, base: str) -> Any:
     """Relative local paths in read/write are taken from the flow file's directory."""
     def fix(p):
-        if isinstance(p, str) and p != "-" and "://" not in p and not os.path.isabs(p):
-            return os.path.normpath(os.path.join(base, p))
-        return p
+        return absolute(p, base) if isinstance(p, str) and p != "-" else p
     if isinstance(value, str):
         return fix(value)
     if isinstance(value, list):

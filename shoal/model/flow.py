@@ -28,6 +28,12 @@ EDGES = ("scatter", "hash", "broadcast", "collect", "merge_sorted", "range")
 NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\Z")
 
 
+def _checked_name(name: str) -> str:
+    if not NAME_RE.match(name):
+        raise ValueError("use letters, digits, '_', '.' and '-'")
+    return name
+
+
 def _keys(value: Any) -> Any:
     """A key given as one field number is the list of that one field."""
     return [value] if isinstance(value, int) and not isinstance(value, bool) else value
@@ -84,12 +90,7 @@ class StageSpec(BaseModel):
     labels: list[str] = Field(default_factory=list)
     env: dict[str, str] = Field(default_factory=dict)
 
-    @field_validator("name")
-    @classmethod
-    def _name(cls, name: str) -> str:
-        if not NAME_RE.match(name):
-            raise ValueError("use letters, digits, '_', '.' and '-'")
-        return name
+    _name = field_validator("name")(_checked_name)
 
     @model_validator(mode="before")
     @classmethod
@@ -130,12 +131,7 @@ class FlowSpec(BaseModel):
     bad_records: int = Field(0, ge=0, description="malformed records tolerated before the flow fails")
     stages: list[StageSpec] = Field(min_length=1)
 
-    @field_validator("name")
-    @classmethod
-    def _name(cls, name: str) -> str:
-        if not NAME_RE.match(name):
-            raise ValueError("use letters, digits, '_', '.' and '-'")
-        return name
+    _name = field_validator("name")(_checked_name)
 
     @field_validator("separator")
     @classmethod

@@ -54,14 +54,14 @@ class Keys:
         return self._k("nodes", "")
 
     def flow(self, run: str) -> bytes:
-        return self._k("flows", run, "run")
+        return self._k("flows", "runs", run)
 
     def flow_cancel(self, run: str) -> bytes:
         return self._k("flows", run, "cancel")
 
     @property
     def flows(self) -> bytes:
-        return self._k("flows", "")
+        return self._k("flows", "runs", "")
 
     def flow_endpoint(self, run: str, attempt: int, stage: str, index: int) -> bytes:
         return self._k("flows", run, str(attempt), "ep", stage, str(index))
@@ -74,9 +74,6 @@ class Keys:
 
     def flow_all_stats(self, run: str, attempt: int) -> bytes:
         return self._k("flows", run, str(attempt), "stats", "")
-
-    def flow_everything(self, run: str) -> bytes:
-        return self._k("flows", run, "")
 
     def election(self, role: str) -> bytes:
         return self._k("elections", role)

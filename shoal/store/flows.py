@@ -12,10 +12,14 @@ from ..errors import NotFound
 from .etcd import Store, WatchReset
 
 
-async def put_run(store: Store, run: str, record: dict) -> None:
+async def _put(store: Store, key: bytes, value: bytes) -> None:
+    """Flow keys live as long as finished tasks do: under the retention lease."""
     lease = await store._retention_lease()
-    await store._call("kvstub.Put", rpc.PutRequest(key=store.keys.flow(run), value=orjson.dumps(record),
-                                                   lease=lease))
+    await store._call("kvstub.Put", rpc.PutRequest(key=key, value=value, lease=lease))
+
+
+async def put_run(store: Store, run: str, record: dict) -> None:
+    await _put(store, store.keys.flow(run), orjson.dumps(record))
 
 
 async def get_run(store: Store, run: str) -> dict:
@@ -28,15 +32,13 @@ async def get_run(store: Store, run: str) -> dict:
 async def list_runs(store: Store, limit: int = 100) -> list[dict]:
     prefix = store.keys.flows
     kvs, _, _ = await store._range(prefix, prefix_range_end(prefix))
-    runs = [orjson.loads(kv.value) for kv in kvs if kv.key.endswith(b"/run")]
+    runs = [orjson.loads(kv.value) for kv in kvs]
     runs.sort(key=lambda r: r.get("started", 0), reverse=True)
     return runs[:limit]
 
 
 async def put_endpoint(store: Store, run: str, attempt: int, stage: str, index: int, addr: str) -> None:
-    lease = await store._retention_lease()
-    await store._call("kvstub.Put", rpc.PutRequest(
-        key=store.keys.flow_endpoint(run, attempt, stage, index), value=addr.encode(), lease=lease))
+    await _put(store, store.keys.flow_endpoint(run, attempt, stage, index), addr.encode())
 
 
 async def wait_endpoints(store: Store, run: str, attempt: int, stage: str, count: int,
@@ -70,9 +72,7 @@ async def wait_endpoints(store: Store, run: str, attempt: int, stage: str, count
 
 
 async def put_stats(store: Store, run: str, attempt: int, stage: str, index: int, stats: dict) -> None:
-    lease = await store._retention_lease()
-    await store._call("kvstub.Put", rpc.PutRequest(
-        key=store.keys.flow_stats(run, attempt, stage, index), value=orjson.dumps(stats), lease=lease))
+    await _put(store, store.keys.flow_stats(run, attempt, stage, index), orjson.dumps(stats))
 
 
 async def get_stats(store: Store, run: str, attempt: int) -> dict[str, dict[int, dict]]:
@@ -86,14 +86,8 @@ async def get_stats(store: Store, run: str, attempt: int) -> dict[str, dict[int,
     return out
 
 
-async def delete_run(store: Store, run: str) -> None:
-    prefix = store.keys.flow_everything(run)
-    await store._call("kvstub.DeleteRange", rpc.DeleteRangeRequest(key=prefix, range_end=prefix_range_end(prefix)))
-
-
 async def put_cancel(store: Store, run: str) -> None:
-    lease = await store._retention_lease()
-    await store._call("kvstub.Put", rpc.PutRequest(key=store.keys.flow_cancel(run), value=b"1", lease=lease))
+    await _put(store, store.keys.flow_cancel(run), b"1")
 
 
 async def cancel_requested(store: Store, run: str) -> bool:

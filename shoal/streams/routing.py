@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from ..flows.records import to_frame
+from ..flows.records import BadRecords, to_frame
 from ..logic.partition import partition_frame, partition_text, range_partition
 from ..model.flow import EdgeSpec
 
@@ -17,8 +17,7 @@ class Router:
         self.n = targets
         self.sep = sep
         self.next = sender_index % targets    # senders start apart, so scatter spreads at once
-        self.bad = 0
-        self.bad_examples: list[str] = []
+        self.bad = BadRecords()      # records lacking the key field, dropped
 
     def route(self, batch) -> list[tuple[int, object]]:
         """(target instance, batch) pairs for one batch."""
@@ -34,23 +33,18 @@ class Router:
         if kind == "range":
             return self._by_range(batch)
         if isinstance(batch, pl.DataFrame):
-            df, bad = to_frame(batch, self.sep, max(self.key))   # rows lacking the key are bad
-            if bad.count:
-                self.bad += bad.count
-                self.bad_examples = (self.bad_examples + list(bad.examples))[:5]
+            df, bad = to_frame(batch, self.sep, max(self.key))
+            self.bad.merge(bad)
             parts = partition_frame(df, self.key, self.n)
             return [(i, p) for i, p in enumerate(parts) if p.height]
         parts, bad, examples = partition_text(batch, self.key, self.sep, self.n)
         if bad:
-            self.bad += bad
-            self.bad_examples = (self.bad_examples + list(examples))[:5]
+            self.bad.add(list(examples), bad)
         return [(i, p) for i, p in enumerate(parts) if p]
 
     def _by_range(self, batch) -> list[tuple[int, object]]:
         df, bad = to_frame(batch, self.sep, self.key[0])
-        if bad.count:
-            self.bad += bad.count
-            self.bad_examples = (self.bad_examples + list(bad.examples))[:5]
+        self.bad.merge(bad)
         part = range_partition(df.get_column(df.columns[self.key[0] - 1]), self.bounds)
         df = df.with_columns(pl.Series("__part", part))
         return [(int(i), g.drop("__part")) for (i,), g in df.partition_by("__part", as_dict=True).items()]
