@@ -112,6 +112,7 @@ class FlowRun:
         self.tmp = Path(tempfile.mkdtemp(prefix="shoal-flowrun-"))
         self.spool_in: Path | None = None
         self.status: dict = {}
+        self.output: Path | None = None      # what a stage sent to stdout, once an attempt succeeded
 
     # -- checks before any task starts ---------------------------------------------------
 
@@ -275,19 +276,32 @@ class FlowRun:
         failed = None
         pending = set(ids)
         ended: dict[str, Any] = {}
-        finished = self.client.as_finished(ids)
+        queue: asyncio.Queue = asyncio.Queue()
+
+        async def follow():   # the stream stays in this one task (its cancel scope is task-bound)
+            try:
+                async for rec in self.client.as_finished(ids):
+                    queue.put_nowait(rec)
+            except Exception as e:      # handed to the loop below, which raises it
+                queue.put_nowait(e)
+
+        follower = asyncio.create_task(follow())
         try:
             while pending:
+                # after the first failure, the others get SETTLE_S to end on their own
                 try:
-                    rec = await (asyncio.wait_for(finished.__anext__(), SETTLE_S) if failed else finished.__anext__())
-                except (asyncio.TimeoutError, StopAsyncIteration):
+                    rec = await asyncio.wait_for(queue.get(), SETTLE_S if failed else None)
+                except asyncio.TimeoutError:
                     break
+                if isinstance(rec, Exception):
+                    raise rec
                 pending.discard(rec.id)
                 ended[rec.id] = rec
                 if rec.state.value != "succeeded" and failed is None:
                     failed = rec
         finally:
-            await finished.aclose()
+            follower.cancel()
+            await asyncio.gather(follower, return_exceptions=True)
         if failed is None:
             return None
         if await self._cancel_requested():
@@ -360,7 +374,7 @@ class FlowRun:
             if st.sink is not None and not st.sink.stdout:
                 await asyncio.to_thread(make_sink(st.sink, self.spec.separator).commit,
                                         self.run, attempt, st.parallelism)
-        out = getattr(self, "output", None)
+        out = self.output
         if out is not None and self.stdout is not None:
             with open(out, "rb") as f:
                 await asyncio.to_thread(shutil.copyfileobj, f, self.stdout, 1 << 20)
@@ -371,7 +385,7 @@ class FlowRun:
             shutil.move(out, kept)
         self.record.update(state="succeeded", ended=time.time(), bad_records=bad)
         await self._put()
-        self.status = await self.client._json("GET", f"/v1/flows/{self.run}")
+        self.status = dict(status, state="succeeded", ended=self.record["ended"], bad_records=bad)
         if self.on_status is not None:
             self.on_status(self.status)
         return FlowResult(self.run, attempt, time.time() - t0, self.status.get("stages", []), bad, kept)

@@ -146,10 +146,12 @@ def test_stdin_to_stdout_through_the_cli(cluster, tmp_path):
 
 def test_sigkill_of_a_node_restarts_the_run_and_writes_the_output_once(make_cluster, tmp_path):
     cluster = make_cluster(nodes=3, lease_ttl_s=2)
-    (tmp_path / "in.tsv").write_text("".join(f"{i}\tx\n" for i in range(3000)))
+    # a slow instance takes a core: no node (2 cores) holds all three, so one runs off node-1;
+    # 64K chunks of a ~400 KB file give each of them lines to work on
+    (tmp_path / "in.tsv").write_text("".join(f"{i}\tx\t{'p' * 120}\n" for i in range(3000)))
     text = ("name: slow\nrestarts: 2\nstages:\n"
-            "  - name: slow\n    read: in.tsv\n    parallelism: 3\n"
-            "    command: \"while read a b; do printf '%s\\\\t%s\\\\n' $a $b; sleep 0.002; done\"\n"
+            "  - name: slow\n    read: {path: in.tsv, chunk: 64K}\n    parallelism: 3\n    cpus: 1\n"
+            "    command: \"while read a b c; do printf '%s\\\\t%s\\\\n' $a $b; sleep 0.002; done\"\n"
             "  - name: total\n    input: {from: slow, edge: hash, key: 2}\n    parallelism: 2\n"
             "    op: {reduce: {key: 2, value: 1, fn: sum}}\n    write: {path: out.tsv}\n")
     killed = {}
