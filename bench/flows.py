@@ -413,7 +413,7 @@ def shoal_flow(kind: str, src: Path, work: Path, api: str, st: dict, timeout_s: 
 def run_shoal(args, sections: dict, work: Path) -> dict:
     """Start a 1-node cluster, run each section's flow --repeat times, destroy the cluster."""
     from shoal.exec.daemon import alive
-    from shoal.local import LocalCluster
+    from shoal.cluster.local import LocalCluster
     home = Path(tempfile.mkdtemp(prefix="shoal-bench-flows-"))
     cluster = LocalCluster(home, nodes=1, node_args=["--cpus", "2"])
     results: dict = {}

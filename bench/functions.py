@@ -225,7 +225,7 @@ def run_shoal(args) -> dict:
     import psutil
     import shoal
     from shoal.exec.daemon import alive
-    from shoal.local import LocalCluster
+    from shoal.cluster.local import LocalCluster
 
     fns = {name: shoal.task(getattr(fnbench, name), py_modules=[fnbench]) for name in ("noop", "inc", "add", "total")}
     noop = fns["noop"]

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import shoal
 from shoal.exec.daemon import alive
-from shoal.local import LocalCluster
+from shoal.cluster.local import LocalCluster
 
 DATE_CMD = ["/bin/sh", "-c", "date +%s.%N"]
 # where shoal's time goes, from the /bin/true series: t0 -> API node stamps submitted_at

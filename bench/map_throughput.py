@@ -17,7 +17,7 @@ from pathlib import Path
 
 import shoal
 from shoal.exec.daemon import alive
-from shoal.local import LocalCluster
+from shoal.cluster.local import LocalCluster
 
 TARGET_TASKS_PER_S = 1000.0
 

@@ -24,7 +24,7 @@ import psutil
 
 import shoal
 from shoal.exec.daemon import alive
-from shoal.local import LocalCluster
+from shoal.cluster.local import LocalCluster
 
 SLOTS = 4   # per node; with 3 nodes and at most 2*SLOTS tasks the survivors can take over all
 

@@ -5,24 +5,24 @@ from .errors import ShoalError, InvalidSpec, NotFound, Conflict, TooLarge, Store
 
 
 def connect(address: str | None = None, **kw):
-    """A sync client for the cluster at `address`; see shoal.client.connect."""
-    from .client import connect as _connect
+    """A sync client for the cluster at `address`; see shoal.client.aio.connect."""
+    from .client.aio import connect as _connect
     return _connect(address, **kw)
 
 
 def aconnect(address: str | None = None, **kw):
     """An async client; use as `async with shoal.aconnect() as c:`."""
-    from .client import aconnect as _aconnect
+    from .client.aio import aconnect as _aconnect
     return _aconnect(address, **kw)
 
 
 def __getattr__(name: str):
     # the function-task API loads cloudpickle; only pay for it when it is used
     if name in ("task", "Future", "as_completed", "progress"):
-        from . import functions
+        from .client import functions
         return getattr(functions, name)
     if name == "flow":
-        from .flowapi import flow
+        from .flows.builder import flow
         return flow
     raise AttributeError(name)
 

@@ -17,7 +17,7 @@ import psutil
 import pytest
 
 from shoal.exec.daemon import spawn_daemon, stop
-from shoal.local import LocalCluster, _wait_http, free_port
+from shoal.cluster.local import LocalCluster, _wait_http, free_port
 from shoal.store.etcd import Store
 from shoal.store.server import EtcdConfig, find_etcd
 

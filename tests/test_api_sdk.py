@@ -14,7 +14,7 @@ import psutil
 import pytest
 
 import shoal
-from shoal.local import LocalCluster
+from shoal.cluster.local import LocalCluster
 
 pytestmark = pytest.mark.cluster
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from shoal.local import LocalCluster
+from shoal.cluster.local import LocalCluster
 
 pytestmark = pytest.mark.cluster
 

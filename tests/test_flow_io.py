@@ -22,7 +22,7 @@ from shoal.errors import InvalidSpec
 from shoal.flows.sinks import PostgresSink, Sink, SinkError, make_sink
 from shoal.flows.sources import (Chunk, SourceNotFound, expand, iterable_blocks, plan_chunks, read_chunk,
                                  read_stream)
-from shoal.model.flowio import SourceSpec, parse_sink, parse_source
+from shoal.flows.iospec import SourceSpec, parse_sink, parse_source
 
 ANY = settings(deadline=None, max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture])
 

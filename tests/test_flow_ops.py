@@ -16,7 +16,7 @@ from shoal.flows.merge import SortedMerge
 from shoal.flows.ops import OpContext, make_combiner, make_op
 from shoal.flows.records import (BadRecords, count_records, frame_to_text, split_text, text_to_frame,
                                  to_frame, to_text)
-from shoal.model.flowops import OpSpec, parse_op
+from shoal.flows.opspec import OpSpec, parse_op
 
 SEP = "\t"
 SOME = settings(max_examples=40, deadline=None)

@@ -9,8 +9,8 @@ import pytest
 
 import shoal
 from shoal.errors import InvalidSpec
-from shoal.flowrun import FlowRun, classify
-from shoal.logic.flowfile import parse_flow
+from shoal.flows.driver import FlowRun, classify
+from shoal.flows.file import parse_flow
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -114,7 +114,7 @@ def test_fluent_api_builds_the_same_plan_as_the_yaml(tmp_path):
     assert spec.stages[0].op == "words" and spec.stages[0].parallelism == 2      # fused with the read
     assert spec.stages[1].input.edge == "hash" and spec.stages[1].input.key == [1]
     assert spec.stages[2].input.edge == "collect"
-    from shoal.logic.flowplan import plan_or_raise
+    from shoal.flows.plan import plan_or_raise
     plan = plan_or_raise(spec)
     assert plan.stages["read"].outputs[0].combine is not None
 

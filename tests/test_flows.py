@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 import shoal
-from shoal.flowrun import FlowCancelled, FlowFailed
-from shoal.logic.flowfile import parse_flow
+from shoal.flows.driver import FlowCancelled, FlowFailed
+from shoal.flows.file import parse_flow
 
 pytestmark = pytest.mark.cluster
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"

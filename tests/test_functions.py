@@ -26,7 +26,7 @@ import pytest
 
 import shoal
 from shoal.errors import InvalidSpec, NotFound, TaskFailed
-from shoal.local import LocalCluster
+from shoal.cluster.local import LocalCluster
 
 HERE = sys.modules[__name__]
 WAIT_S = 180  # generous: a loaded 2-core machine runs this

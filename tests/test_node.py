@@ -10,7 +10,7 @@ import pytest
 import shoal
 from shoal.errors import NotFound
 from shoal.exec.daemon import spawn_daemon, stop
-from shoal.local import free_port
+from shoal.cluster.local import free_port
 
 pytestmark = pytest.mark.cluster
 

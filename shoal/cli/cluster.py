@@ -15,7 +15,7 @@ import typer
 from rich.table import Table
 
 from ..errors import InvalidSpec, ShoalError
-from ..local import LocalCluster
+from ..cluster.local import LocalCluster
 from ..model.sizes import format_size, parse_size
 from ..settings import NodeSettings, StoreSettings, shoal_home
 from .output import Output, console, print_json

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import os
 
-from ..client import Client, connect
+from ..client.aio import Client, connect
 from ..errors import ClusterError
-from ..local import LocalCluster
+from ..cluster.local import LocalCluster
 from ..settings import shoal_home
 
 

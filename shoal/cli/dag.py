@@ -29,7 +29,7 @@ from rich.live import Live
 from rich.table import Table
 
 from ..errors import InvalidSpec, NotFound, ShoalError
-from ..local import LocalCluster
+from ..cluster.local import LocalCluster
 from ..model import FINAL_STATES, TaskRecord, TaskState
 from ..settings import shoal_home
 from .common import client_for

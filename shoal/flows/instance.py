@@ -26,14 +26,14 @@ import cloudpickle
 import polars as pl
 
 from ..exec.filter import FilterFailed, run_filter
-from ..logic.flowplan import Output, Plan, StagePlan, plan_or_raise
-from ..model.flow import EdgeSpec, FlowSpec
+from .plan import Output, Plan, StagePlan, plan_or_raise
+from .spec import EdgeSpec, FlowSpec
 from ..store import flows as fstore
 from ..store.etcd import Store
 from ..streams.framing import END, FRAME, StreamBroken, decode_batch, encode_batch
 from ..streams.inbox import Inbox, UpstreamFailed, UpstreamLost
 from ..streams.outbox import Link
-from ..streams.routing import Router
+from .routing import Router
 from .merge import SortedMerge
 from .ops import OpContext, make_combiner, make_op
 from .records import count_records, to_frame, to_text

@@ -73,7 +73,7 @@ import sys
 from typing import BinaryIO, Protocol
 
 from ..errors import InvalidSpec, ShoalError
-from ..model.flowio import SinkSpec
+from .iospec import SinkSpec
 
 RUN_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}\Z")
 NAME_MAX = 255             # bytes in a file name

@@ -21,7 +21,7 @@ from fsspec.core import url_to_fs
 from fsspec.utils import infer_compression
 
 from ..errors import InvalidSpec, ShoalError
-from ..model.flowio import MIN_CHUNK, SourceSpec
+from .iospec import MIN_CHUNK, SourceSpec
 
 NL = b"\n"
 GLOB_CHARS = ("*", "?", "[")

@@ -22,7 +22,7 @@ from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .task import Size
+from ..model.task import Size
 
 EDGES = ("scatter", "hash", "broadcast", "collect", "merge_sorted", "range")
 NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\Z")

@@ -28,10 +28,10 @@ from typing import Any
 from pydantic import ValidationError
 
 from ..errors import InvalidSpec
-from ..model.flow import FlowSpec
-from ..model.flowio import absolute
-from .dagfile import LineDict, LineList, load_yaml, plain
-from .flowplan import Plan, check, where
+from .spec import FlowSpec
+from .iospec import absolute
+from ..logic.dagfile import LineDict, LineList, load_yaml, plain
+from .plan import Plan, check, where
 
 
 def _line_of(doc: Any, path: tuple) -> int:

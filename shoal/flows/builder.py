@@ -22,8 +22,8 @@ import base64
 import os
 from typing import Any, Callable, Iterable
 
-from .model.flow import FlowSpec
-from .model.flowio import absolute
+from .spec import FlowSpec
+from .iospec import absolute
 
 
 def flow(name: str = "flow", separator: str = "\t", restarts: int = 2, bad_records: int = 0) -> "Flow":
@@ -92,7 +92,7 @@ class Flow:
             kw.setdefault("items", self.items)
         if client is not None:
             return client.run_flow(self.spec(), os.getcwd(), **kw)
-        from .client import connect
+        from ..client.aio import connect
         with connect() as c:
             return c.run_flow(self.spec(), os.getcwd(), **kw)
 

@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import InvalidSpec
-from ..model.flow import EdgeSpec, FlowSpec, StageSpec
-from ..model.flowio import parse_sink, parse_source
-from ..model.flowops import parse_op
-from .dag import find_cycle
+from .spec import EdgeSpec, FlowSpec, StageSpec
+from .iospec import parse_sink, parse_source
+from .opspec import parse_op
+from ..logic.dag import find_cycle
 
 Path = tuple
 

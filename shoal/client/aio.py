@@ -20,12 +20,12 @@ import anyio
 import httpx
 import orjson
 
-from . import errors
-from .errors import InvalidSpec, ShoalError
-from .local import LocalCluster
-from .logic.template import as_command, combine, fill
-from .model import TaskRecord, TaskSpec
-from .settings import shoal_home
+from .. import errors
+from ..errors import InvalidSpec, ShoalError
+from ..cluster.local import LocalCluster
+from ..logic.template import as_command, combine, fill
+from ..model import TaskRecord, TaskSpec
+from ..settings import shoal_home
 
 _ERRORS = {cls.__name__: cls for cls in (errors.InvalidSpec, errors.NotFound, errors.Conflict,
                                          errors.TooLarge, errors.StoreUnavailable, errors.StoreFull)}
@@ -271,7 +271,7 @@ class AsyncClient:
         """Run a flow (a FlowSpec, or a Flow from shoal.flow()) to the end; a FlowResult.
         Keywords: stdin, items (an iterable for a stage that reads one), stdout (a binary
         file for a stage that writes '-'), on_status (called with the live status)."""
-        from .flowrun import run_flow
+        from ..flows.driver import run_flow
         spec = spec.spec() if hasattr(spec, "spec") and callable(spec.spec) else spec
         return await run_flow(self, spec, base_dir, **kw)
 

@@ -22,7 +22,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from ..errors import InvalidSpec
-from .sizes import format_size, parse_size
+from ..model.sizes import format_size, parse_size
 
 MIN_CHUNK = 64 << 10
 DEFAULT_CHUNK = 64 << 20

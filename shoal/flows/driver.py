@@ -19,19 +19,19 @@ from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterable
 from urllib.parse import urlparse
 
-from .client import AsyncClient
-from .errors import Conflict, InvalidSpec, NotFound, ShoalError
-from .flows.instance import CLIENT, EXIT_LOST, EXIT_UPSTREAM
-from .flows.records import to_text
-from .flows.sampling import bounds, sample_keys
-from .flows.sinks import make_sink
-from .flows.sources import expand, iterable_blocks, read_stream
-from .logic.flowplan import Plan, plan_or_raise
-from .model.flow import FlowSpec
-from .model.ids import new_ids
-from .streams.framing import END, FRAME, decode_batch
-from .streams.inbox import Inbox
-from .streams.outbox import Link
+from ..client.aio import AsyncClient
+from ..errors import Conflict, InvalidSpec, NotFound, ShoalError
+from .instance import CLIENT, EXIT_LOST, EXIT_UPSTREAM
+from .records import to_text
+from .sampling import bounds, sample_keys
+from .sinks import make_sink
+from .sources import expand, iterable_blocks, read_stream
+from .plan import Plan, plan_or_raise
+from .spec import FlowSpec
+from ..model.ids import new_ids
+from ..streams.framing import END, FRAME, decode_batch
+from ..streams.inbox import Inbox
+from ..streams.outbox import Link
 
 SETTLE_S = 1.0      # after the first failure, how long the other instances get to end on their own
 

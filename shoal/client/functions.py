@@ -24,9 +24,9 @@ from typing import Any, Callable, Iterable, Iterator
 
 import cloudpickle
 
-from .errors import InvalidSpec, ShoalError, TaskFailed
-from .model import TaskRecord, TaskSpec
-from .model.refs import FutureRef
+from ..errors import InvalidSpec, ShoalError, TaskFailed
+from ..model import TaskRecord, TaskSpec
+from ..model.refs import FutureRef
 
 _clients: list = []   # the sync clients open in this process, newest last
 

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import polars as pl
 
-from ..flows.records import BadRecords, to_frame
+from .records import BadRecords, to_frame
 from ..logic.partition import partition_frame, partition_text, range_partition
-from ..model.flow import EdgeSpec
+from .spec import EdgeSpec
 
 
 class Router:

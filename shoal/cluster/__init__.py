@@ -1,0 +1,1 @@
+"""Clusters as a whole: starting and stopping them (local today)."""
