@@ -78,6 +78,10 @@ class Keys:
     def election(self, role: str) -> bytes:
         return self._k("elections", role)
 
+    @property
+    def elections(self) -> bytes:
+        return self._k("elections", "")
+
     def id_of(self, key: bytes) -> str:
         """The last path element of a key: the task id of queue/running/cancel keys."""
         return key.decode().rsplit("/", 1)[1]

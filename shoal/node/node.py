@@ -22,6 +22,7 @@ from ..store.etcd import Store
 from .feed import TaskFeed
 from .progress import ProgressPublisher
 from .reaper import Reaper
+from .roles import Roles
 from .scheduler import Scheduler
 
 log = logging.getLogger("shoal.node")
@@ -49,13 +50,13 @@ class Node:
                                        SHOAL_PREFIX=store_settings.prefix, SHOAL_DATA_HOST=settings.api_host,
                                        SHOAL_PYTHON=sys.executable)
         self.reaper = Reaper(self.store, settings.node_id)
+        self.roles = Roles(self.store, settings.node_id, lambda: self.lease)
+        self.roles.add("reaper", self.reaper.serve)
         self.feed = TaskFeed(self.store)
         self.lease = 0
         self.api_url = ""
         self.started_at = time.time()
-        self.is_reaper = False
         self._stop = asyncio.Event()
-        self._lease_changed = asyncio.Event()
         self._sock: socket.socket | None = None
 
     # -- identity -------------------------------------------------------------------
@@ -74,7 +75,11 @@ class Node:
         self.lease = await self.store.grant_lease(self.s.lease_ttl_s)
         self.scheduler.lease = self.lease
         await self.store.put_node(self.info(), self.lease)
-        self._lease_changed.set()
+        self.roles.lease_changed()
+
+    @property
+    def is_reaper(self) -> bool:
+        return "reaper" in self.roles.held
 
     # -- run ----------------------------------------------------------------------------
 
@@ -116,7 +121,7 @@ class Node:
                 tg.create_task(self.scheduler.watch_queue())
                 tg.create_task(self.scheduler.watch_cancels())
                 tg.create_task(self.scheduler.run())
-                tg.create_task(self._elect())
+                tg.create_task(self.roles.run())
                 tg.create_task(self._reconcile())
                 tg.create_task(self.feed.run())
                 tg.create_task(ProgressPublisher(self.scheduler, self.store).run())
@@ -181,27 +186,6 @@ class Node:
                 except Exception as e:
                     log.info("cannot register yet (%s)", e)
                     await asyncio.sleep(0.5)
-
-    async def _elect(self) -> None:
-        """Campaign for the reaper role; while we hold it, run the reaper."""
-        while True:
-            try:
-                holder = await self.store.leader("reaper")
-                if holder is None and await self.store.campaign("reaper", self.s.node_id, self.lease):
-                    self.is_reaper = True
-                    self._lease_changed.clear()
-                    task = asyncio.create_task(self.reaper.serve())
-                    changed = asyncio.create_task(self._lease_changed.wait())
-                    await asyncio.wait([task, changed], return_when=asyncio.FIRST_COMPLETED)
-                    for t in (task, changed):
-                        t.cancel()
-                        with contextlib.suppress(BaseException):
-                            await t
-                    self.is_reaper = False
-                    continue
-            except Exception as e:
-                log.info("election: %s", e)
-            await asyncio.sleep(0.25)
 
     async def _reconcile(self) -> None:
         ticks = 0

@@ -634,6 +634,14 @@ class Store:
         kvs = resp.responses[0].response_range.kvs
         return bool(kvs) and kvs[0].value.decode() == node_id and kvs[0].lease == lease
 
+    async def resign(self, role: str, node_id: str, lease: int) -> bool:
+        """Give up `role` if we hold it (under this lease); False if someone else does."""
+        key = self.keys.election(role)
+        mine = [rpc.Compare(key=key, target=rpc.Compare.VALUE, result=rpc.Compare.EQUAL, value=node_id.encode()),
+                rpc.Compare(key=key, target=rpc.Compare.LEASE, result=rpc.Compare.EQUAL, lease=lease)]
+        resp = await self._txn(mine, [_delete(key)])
+        return resp.succeeded
+
     async def leader(self, role: str) -> str | None:
         kvs, _, _ = await self._range(self.keys.election(role))
         return kvs[0].value.decode() if kvs else None
