@@ -18,10 +18,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pgserver import postgres  # noqa: F401  (the fixture)
-from shoal.errors import InvalidSpec
-from shoal.flows.sinks import PostgresSink, Sink, SinkError, make_sink
-from shoal.flows.sources import (Chunk, SourceNotFound, expand, iterable_blocks, plan_chunks, read_chunk,
-                                 read_stream)
+from shoal.errors import InvalidSpec, SinkError, SourceNotFound
+from shoal.flows.sinks import PostgresSink, Sink, make_sink
+from shoal.flows.sources import Chunk, expand, iterable_blocks, plan_chunks, read_chunk, read_stream
 from shoal.flows.iospec import SourceSpec, parse_sink, parse_source
 
 ANY = settings(deadline=None, max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -61,7 +60,7 @@ def test_source_forms():
     ({"path": "x", "chunk": "1K"}, "read.chunk: must be at least 64K"),
     ({"path": "x", "chunk": "lots"}, "read.chunk: 'lots' is not a size"),
     ({"path": "x", "chnk": "64M"}, "read.chnk: unknown field"),
-    ({"path": "x", "storage_options": "anon"}, "read.storage_options: expected a mapping"),
+    ({"path": "x", "storage_options": "anon"}, "read.storage_options: 'anon' is not valid (expected a mapping"),
     (["a", 3], "read[1]: expected a path"),
     (["a", "-"], "'-' (stdin) cannot be combined"),
     (42, "read: expected a path, glob or URL"),
@@ -100,7 +99,7 @@ def test_sink_forms():
     ({"path": "o", "postgres": "postgresql://u@h/db", "table": "t"}, "got path and postgres"),
     ({"sink": "nocolon"}, "write.sink: expected 'package.module:ClassName'"),
     ({"path": "o", "options": {"a": 1}}, "write.options: only a user sink"),
-    ({"path": "o", "overwrite": "perhaps"}, "write.overwrite: expected true or false"),
+    ({"path": "o", "overwrite": "perhaps"}, "write.overwrite: 'perhaps' is not valid (expected true or false)"),
     ({"pth": "o"}, "write.pth: unknown field"),
     ({"stdout": True, "overwrite": True}, "write.overwrite: a stdout sink"),
     (7, "write: expected a path or URL"),

@@ -181,7 +181,7 @@ def test_parse_op_forms_and_properties():
     ({"top": {"k": 0, "by": 2}}, ["op.top.k: must be a positive integer (got 0)"]),
     ({"top": {"k": -1}}, ["op.top.k: must be a positive integer (got -1)", "op.top.by: required"]),
     ({"count": {"key": [0]}}, ["op.count.key: must be a field number from 1"]),
-    ({"count": {"kee": 1}}, ["op.count.kee: unknown option (known: key)"]),
+    ({"count": {"kee": 1}}, ["op.count.kee: unknown option (did you mean 'key'?) (known options: key)"]),
     ({"reduce": {"value": 2, "fn": "avg"}},
      ["op.reduce.fn: 'avg' is not valid (expected one of sum, min, max)"]),
     ({"join": {"key": [1, 2], "right_key": [1]}}, ["op.join.right_key: must name as many fields as key"]),

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import shoal
-from shoal.flows.driver import FlowCancelled, FlowFailed
+from shoal.errors import FlowCancelled, FlowFailed
 from shoal.flows.file import parse_flow
 
 pytestmark = pytest.mark.cluster

@@ -4,32 +4,20 @@ from __future__ import annotations
 import time
 
 import orjson
-from fastapi import Body, FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi import Body, FastAPI
+from fastapi.responses import Response
 
 from .. import __version__
-from ..errors import Conflict, InvalidSpec, NotFound, ShoalError, StoreFull, StoreUnavailable, TooLarge
+from ..errors import InvalidSpec, Problems
 from ..model import TaskRecord, TaskSpec, TaskState, new_ids
-from ..model.task import describe_errors
+from . import errors as api_errors
 from .flows import router as flows_router
 from .logs import router as logs_router
 from .results import router as results_router
 from .streams import router as streams_router
 
-STATUS = {InvalidSpec: 422, NotFound: 404, Conflict: 409, TooLarge: 413, StoreFull: 507,
-          StoreUnavailable: 503}
-
-
 def ojson(data, status: int = 200) -> Response:
     return Response(orjson.dumps(data), status_code=status, media_type="application/json")
-
-
-def error_body(e: ShoalError) -> dict:
-    body = {"error": type(e).__name__, "message": str(e)}
-    if isinstance(e, InvalidSpec):
-        body["problems"] = e.problems
-    return body
 
 
 def create_app(node) -> FastAPI:
@@ -37,27 +25,16 @@ def create_app(node) -> FastAPI:
                   description="Run commands on a shoal cluster. Any node answers for the whole cluster.")
     app.state.node = node
     store = node.store
-
-    @app.exception_handler(ShoalError)
-    async def _shoal_error(request: Request, e: ShoalError):
-        status = next((code for cls, code in STATUS.items() if isinstance(e, cls)), 500)
-        return ojson(error_body(e), status)
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request: Request, e: RequestValidationError):
-        errs = [dict(err, loc=tuple(err["loc"])[1:]) for err in e.errors()]
-        return ojson(error_body(InvalidSpec(describe_errors(errs))), 422)
+    api_errors.install(app)
 
     def records_for(specs: list[dict], job: str | None, batch: bool = False) -> list[TaskRecord]:
-        problems, parsed = [], []
+        problems, parsed = Problems(), []
         for i, raw in enumerate(specs):
             try:
                 parsed.append(TaskSpec.parse(raw, node.s.max_retries))
             except InvalidSpec as e:
-                where = f"tasks[{i}]." if batch else ""
-                problems.extend(where + p for p in e.problems)
-        if problems:
-            raise InvalidSpec(problems)
+                problems.extend(f"tasks[{i}]" if batch else "", e.problems)
+        problems.raise_if_any()
         now = time.time()
         ids = new_ids(len(parsed))
         return [TaskRecord(id=tid, spec=spec if job is None or spec.job else spec.model_copy(update={"job": job}),

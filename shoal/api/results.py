@@ -10,7 +10,7 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 
-from ..errors import Conflict, NotFound, ShoalError
+from ..errors import Conflict, NodeUnreachable, NotFound, from_body
 from .streams import _FINAL_NAMES
 
 router = APIRouter(tags=["results"])
@@ -48,18 +48,17 @@ async def get_result(request: Request, task_id: str, local: bool = False):
         resp = await client.send(client.build_request("GET", url), stream=True)
     except httpx.HTTPError as e:
         await client.aclose()
-        raise ShoalError(f"the result of {task_id} is kept on node {holder.id}, which did not answer "
-                         f"({type(e).__name__}: {e})") from None
+        raise NodeUnreachable(f"the result of {task_id} is kept on node {holder.id}, which did not answer "
+                              f"({type(e).__name__}: {e})") from None
     if resp.status_code >= 400:
         await resp.aread()
         await resp.aclose()
         await client.aclose()
         try:
-            message = resp.json().get("message") or resp.text[:300]
+            body = resp.json()
         except ValueError:
-            message = resp.text[:300]
-        cls = NotFound if resp.status_code == 404 else ShoalError
-        raise cls(f"node {holder.id}: {message}")
+            body = None
+        raise from_body(resp.status_code, body, resp.text[:300], origin=f"node {holder.id}")
     headers = {"X-Shoal-Result-Source": f"node {holder.id}"}
     if "content-length" in resp.headers:
         headers["Content-Length"] = resp.headers["content-length"]

@@ -27,22 +27,15 @@ from ..logic.template import as_command, combine, fill
 from ..model import TaskRecord, TaskSpec
 from ..settings import shoal_home
 
-_ERRORS = {cls.__name__: cls for cls in (errors.InvalidSpec, errors.NotFound, errors.Conflict,
-                                         errors.TooLarge, errors.StoreUnavailable, errors.StoreFull)}
-
 
 def _raise_for(resp: httpx.Response) -> None:
-    if resp.status_code < 400:
-        return
-    try:
-        body = resp.json()
-    except ValueError:
-        raise ShoalError(f"{resp.request.method} {resp.request.url.path}: HTTP {resp.status_code}: "
-                         f"{resp.text[:500]}") from None
-    cls = _ERRORS.get(body.get("error"), ShoalError)
-    if cls is InvalidSpec:
-        raise InvalidSpec(body.get("problems") or [body.get("message", "")])
-    raise cls(body.get("message", resp.text))
+    if resp.status_code >= 400:
+        try:
+            body = resp.json()
+        except ValueError:
+            body = None
+        raise errors.from_body(resp.status_code, body, f"{resp.request.method} {resp.request.url.path}: "
+                                                       f"HTTP {resp.status_code}: {resp.text[:500]}")
 
 
 def check_specs(rows: list[dict]) -> None:

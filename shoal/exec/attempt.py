@@ -13,13 +13,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import SetupError
 from ..model import TaskSpec
 from .capture import Capture
 from .limits import MemoryLimit
-
-
-class SetupError(Exception):
-    """The attempt could not start for a reason in its spec or on this node."""
 
 
 @dataclass

@@ -8,15 +8,9 @@ import os
 import sys
 from typing import AsyncIterator, Awaitable, Callable
 
+from ..errors import FilterFailed
+
 BLOCK = 4 << 20
-
-
-class FilterFailed(Exception):
-    def __init__(self, code: int, stderr_tail: str):
-        self.code = code
-        self.stderr_tail = stderr_tail
-        how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
-        super().__init__(f"command {how}" + (f"; its stderr ends:\n{stderr_tail}" if stderr_tail else ""))
 
 
 async def run_filter(command: str | list[str], inputs: AsyncIterator[bytes],

@@ -7,6 +7,7 @@ runs, file descriptors 1 and 2 are that attempt's log files.
 from __future__ import annotations
 
 import base64
+import json
 import os
 import pickle
 import struct
@@ -46,7 +47,14 @@ def fetch_result(api: str, task_id: str) -> object:
         with urllib.request.urlopen(f"{api}/v1/tasks/{task_id}/result", timeout=300) as resp:
             return pickle.loads(resp.read())
     except urllib.error.HTTPError as e:
-        raise RuntimeError(f"could not fetch the result of {task_id}: HTTP {e.code} {e.read()[:300]!r}") from None
+        from shoal.errors import from_body
+        text = e.read().decode(errors="replace")
+        try:
+            body = json.loads(text)
+        except ValueError:
+            body = None
+        raise from_body(e.code, body, f"HTTP {e.code}: {text[:300]}",
+                        origin=f"could not fetch the result of {task_id}") from None
 
 
 class Worker:

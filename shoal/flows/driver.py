@@ -20,7 +20,7 @@ from typing import Any, BinaryIO, Callable, Iterable
 from urllib.parse import urlparse
 
 from ..client.aio import AsyncClient
-from ..errors import Conflict, InvalidSpec, NotFound, ShoalError
+from ..errors import Conflict, FlowCancelled, FlowFailed, InvalidSpec, NotFound, ShoalError
 from .instance import CLIENT, EXIT_LOST, EXIT_UPSTREAM
 from .records import to_text
 from .sampling import bounds, sample_keys
@@ -34,16 +34,6 @@ from ..streams.inbox import Inbox
 from ..streams.outbox import Link
 
 SETTLE_S = 1.0      # after the first failure, how long the other instances get to end on their own
-
-
-class FlowFailed(ShoalError):
-    def __init__(self, run: str, message: str, stage: str | None = None, stderr: str = ""):
-        self.run, self.stage, self.stderr = run, stage, stderr
-        super().__init__(f"flow run {run} failed: {message}" + (f"\n{stderr}" if stderr else ""))
-
-
-class FlowCancelled(ShoalError):
-    pass
 
 
 @dataclass

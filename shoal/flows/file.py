@@ -27,11 +27,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ..errors import InvalidSpec
-from .spec import FlowSpec
+from ..errors import InvalidSpec, Problems, path_text, validation_problems
+from .spec import EdgeSpec, FlowSpec, StageSpec
 from .iospec import absolute
 from ..logic.dagfile import LineDict, LineList, load_yaml, plain
-from .plan import Plan, check, where
+from .plan import Plan, check
 
 
 def _line_of(doc: Any, path: tuple) -> int:
@@ -64,13 +64,26 @@ def _resolve(value: Any, base: str) -> Any:
     return value
 
 
-def _stage_name(doc, path: tuple) -> str:
+def _where(doc, path: tuple) -> str:
+    """The field path, with the name of the stage it is in: `stages[1] (counts).input.from`."""
     if len(path) >= 2 and path[0] == "stages" and isinstance(path[1], int):
         try:
-            return f" ({doc['stages'][path[1]]['name']})"
+            name = f" ({doc['stages'][path[1]]['name']})"
         except (KeyError, IndexError, TypeError):
-            return ""
-    return ""
+            name = ""
+        rest = path_text(path[2:])
+        return f"{path_text(path[:2])}{name}" + (rest if rest.startswith("[") or not rest else f".{rest}")
+    return path_text(path)
+
+
+def _fields_at(path: tuple) -> list[str]:
+    """The fields of the part of a flow at `path`, as written in YAML."""
+    model = {0: FlowSpec, 2: StageSpec}.get(len(path)) if path[:1] in ((), ("stages",)) else None
+    if len(path) >= 3 and path[0] == "stages" and path[2] in ("input", "inputs"):
+        model = EdgeSpec
+    if model is None:
+        return []
+    return [f.alias or name for name, f in model.model_fields.items()]
 
 
 def parse_flow(text: str, base_dir: str = ".", name: str | None = None) -> tuple[FlowSpec, Plan]:
@@ -86,23 +99,17 @@ def parse_flow(text: str, base_dir: str = ".", name: str | None = None) -> tuple
             for field in ("read", "write"):
                 if field in st:
                     st[field] = _resolve(st[field], base_dir)
-    problems: list[tuple[int, str]] = []
+    p = Problems()
     try:
         spec = FlowSpec.model_validate(data)
     except ValidationError as e:
-        for err in e.errors():
-            loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith(("function-", "union["))))
-            msg = err["msg"].removeprefix("Value error, ")
-            if err["type"] == "extra_forbidden":
-                msg = "unknown field"
-            elif err["type"] == "missing":
-                msg = "required"
-            problems.append((_line_of(doc, loc), f"{where(loc)}{_stage_name(doc, loc)}: {msg}"))
-        raise InvalidSpec([f"line {ln}: {m}" for ln, m in sorted(dict.fromkeys(problems), key=lambda x: x[0])])
+        for loc, msg in validation_problems(e, fields=_fields_at):
+            p.add(_where(doc, loc), msg, _line_of(doc, loc))
+        p.raise_if_any()
     plan, found = check(spec)
-    if found:
-        raise InvalidSpec([f"line {_line_of(doc, path)}: {where(path)}{_stage_name(doc, path)}: {msg}"
-                           for path, msg in sorted(found, key=lambda pm: _line_of(doc, pm[0]))])
+    for problem in found:
+        p.add(_where(doc, problem.path), problem.message, _line_of(doc, problem.path))
+    p.raise_if_any()
     return spec, plan
 
 

@@ -25,13 +25,14 @@ from pathlib import Path
 import cloudpickle
 import polars as pl
 
-from ..exec.filter import FilterFailed, run_filter
+from ..errors import BadRecordsExceeded, FilterFailed, StreamBroken, UpstreamFailed, UpstreamLost
+from ..exec.filter import run_filter
 from .plan import Output, Plan, StagePlan, plan_or_raise
 from .spec import EdgeSpec, FlowSpec
 from ..store import flows as fstore
 from ..store.etcd import Store
-from ..streams.framing import END, FRAME, StreamBroken, decode_batch, encode_batch
-from ..streams.inbox import Inbox, UpstreamFailed, UpstreamLost
+from ..streams.framing import END, FRAME, decode_batch, encode_batch
+from ..streams.inbox import Inbox
 from ..streams.outbox import Link
 from .routing import Router
 from .merge import SortedMerge
@@ -45,10 +46,6 @@ EXIT_COMMAND, EXIT_BAD_RECORDS, EXIT_LOST, EXIT_UPSTREAM = 3, 4, 75, 76
 CLIENT = "__client__"           # the pseudo-stage of the client: stdout sinks and stdin sources
 CONNECT_TIMEOUT_S = 120.0
 STATS_EVERY_S = 1.0
-
-
-class BadRecordsExceeded(Exception):
-    pass
 
 
 class Stats:

@@ -21,7 +21,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
-from ..errors import InvalidSpec
+from ..errors import InvalidSpec, describe_validation
 from ..model.sizes import format_size, parse_size
 
 MIN_CHUNK = 64 << 10
@@ -67,28 +67,6 @@ _SINK_FORMS = {
 }
 
 
-def _describe(e: ValidationError, prefix: str, forms: dict[str, str], known: str) -> list[str]:
-    """One line per problem: `prefix.field: what is wrong (got ...)`."""
-    out: list[str] = []
-    for err in e.errors():
-        loc = ".".join(str(p) for p in err["loc"])
-        where = f"{prefix}.{loc}" if loc else prefix
-        field = str(err["loc"][0]) if err["loc"] else ""
-        if err["type"] == "extra_forbidden":
-            line = f"{where}: unknown field (known fields: {known})"
-        elif err["type"] == "missing":
-            line = f"{where}: required ({forms.get(field, 'a value')})"
-        elif err["type"] == "value_error":
-            msg = err["msg"].removeprefix("Value error, ")
-            named = re.match(r"(\w+): ", msg)
-            line = f"{prefix}.{msg}" if not loc and named and named.group(1) in forms else f"{where}: {msg}"
-        else:
-            line = f"{where}: expected {forms.get(field, err['msg'])} (got {err.get('input')!r})"
-        if line not in out:
-            out.append(line)
-    return out
-
-
 class SourceSpec(BaseModel):
     """Files to read (`paths`, split into chunks of about `chunk` bytes), the client's
     stdin (`stdin`), or records the client supplies from Python (`iterable`)."""
@@ -104,7 +82,8 @@ class SourceSpec(BaseModel):
         try:
             super().__init__(**data)
         except ValidationError as e:
-            raise InvalidSpec(_describe(e, "read", _SOURCE_FORMS, "path, chunk, storage_options")) from None
+            raise InvalidSpec(describe_validation(e, "read", forms=_SOURCE_FORMS,
+                                                  fields=("path", "chunk", "storage_options"))) from None
 
     @model_validator(mode="after")
     def _check(self):
@@ -147,7 +126,8 @@ class SinkSpec(BaseModel):
         try:
             super().__init__(**data)
         except ValidationError as e:
-            raise InvalidSpec(_describe(e, "write", _SINK_FORMS, ", ".join(SinkSpec.model_fields))) from None
+            raise InvalidSpec(describe_validation(e, "write", forms=_SINK_FORMS,
+                                                  fields=SinkSpec.model_fields)) from None
 
     @property
     def kind(self) -> str:

@@ -19,7 +19,7 @@ from typing import Any, ClassVar, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator, \
     model_validator
 
-from ..errors import InvalidSpec
+from ..errors import InvalidSpec, describe_validation
 
 _KEY_FORM = "a field number from 1, or a list of them such as [1, 2]"
 
@@ -262,38 +262,9 @@ def parse_op(value: Any, where: str = "op") -> OpSpec:
     try:
         options = model.model_validate(opts or {})
     except ValidationError as e:
-        raise InvalidSpec(_describe(e, f"{where}.{name}", model)) from None
+        raise InvalidSpec(describe_validation(e, f"{where}.{name}", forms=_EXPECTED, fields=model.model_fields,
+                                              noun="option")) from None
     return OpSpec(name=name, options=options)
-
-
-def _describe(e: ValidationError, where: str, model: type[_Options]) -> list[str]:
-    out = []
-    for err in e.errors():
-        loc = ".".join(str(p) for p in err["loc"] if not isinstance(p, int))
-        path = f"{where}.{loc}" if loc else where
-        msg = err["msg"].removeprefix("Value error, ")
-        kind = err["type"]
-        if kind == "extra_forbidden":
-            known = ", ".join(model.model_fields) or "none"
-            out.append(f"{path}: unknown option (known: {known})")
-        elif kind == "missing":
-            out.append(f"{path}: required ({_EXPECTED.get(loc, 'a value')})")
-        elif kind == "value_error":
-            if loc:
-                out.append(f"{path}: {msg}")
-            else:
-                field, _, rest = msg.partition(": ")
-                out.append(f"{where}.{field}: {rest}" if rest else f"{where}: {msg}")
-        else:
-            expected = _EXPECTED.get(loc)
-            out.append(f"{path}: {err.get('input')!r} is not valid"
-                       + (f" (expected {expected})" if expected else f": {msg}"))
-    seen, uniq = set(), []
-    for line in out:
-        if line not in seen:
-            seen.add(line)
-            uniq.append(line)
-    return uniq
 
 
 _EXPECTED = {

@@ -7,7 +7,7 @@ import difflib
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import InvalidSpec
+from ..errors import InvalidSpec, Problem, Problems
 from .spec import EdgeSpec, FlowSpec, StageSpec
 from .iospec import parse_sink, parse_source
 from .opspec import parse_op
@@ -61,34 +61,17 @@ class Plan:
         return sum(s.parallelism for s in self.stages.values())
 
 
-class _Problems:
-    def __init__(self):
-        self.items: list[tuple[Path, str]] = []
-
-    def add(self, path: Path, msg: str) -> None:
-        self.items.append((path, msg))
-
-
-def where(path: Path) -> str:
-    """("stages", 2, "input", "from") -> "stages[2].input.from"."""
-    out = ""
-    for p in path:
-        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
-    return out
-
-
-def _parse(fn, value, path: Path, p: _Problems):
+def _parse(fn, value, path: Path, p: Problems):
     try:
         return fn(value)
-    except InvalidSpec as e:
-        for msg in e.problems:
-            p.add(path, msg)
+    except InvalidSpec as e:  # its problems name the field first (read.chunk: ...)
+        p.extend(path[:-1], e.problems)
     return None
 
 
-def check(spec: FlowSpec) -> tuple[Plan | None, list[tuple[Path, str]]]:
-    """The plan, or the problems found (each as (path, message))."""
-    p = _Problems()
+def check(spec: FlowSpec) -> tuple[Plan | None, list[Problem]]:
+    """The plan, or the problems found (each with the path of its field)."""
+    p = Problems()
     names: dict[str, int] = {}
     for i, s in enumerate(spec.stages):
         if s.name in names:
@@ -227,5 +210,5 @@ def _plan(spec, ops, sources, sinks, readers, deps) -> Plan:
 def plan_or_raise(spec: FlowSpec) -> Plan:
     plan, problems = check(spec)
     if problems:
-        raise InvalidSpec([f"{where(path)}: {msg}" for path, msg in problems])
+        raise InvalidSpec([str(problem) for problem in problems])
     return plan

@@ -72,7 +72,7 @@ import re
 import sys
 from typing import BinaryIO, Protocol
 
-from ..errors import InvalidSpec, ShoalError
+from ..errors import InvalidSpec, SinkError
 from .iospec import SinkSpec
 
 RUN_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}\Z")
@@ -81,10 +81,6 @@ PG_NAME_MAX = 63            # bytes in a PostgreSQL identifier
 S3_MIN_PART = 5 << 20       # an S3 multipart copy needs every part but the last this large
 S3_MAX_PART = 5 << 30
 COPY_BLOCK = 8 << 20
-
-
-class SinkError(ShoalError):
-    """A sink could not write, commit or abort (the message names the place)."""
 
 
 class PartWriter(Protocol):

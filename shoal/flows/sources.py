@@ -20,7 +20,7 @@ import fsspec
 from fsspec.core import url_to_fs
 from fsspec.utils import infer_compression
 
-from ..errors import InvalidSpec, ShoalError
+from ..errors import InvalidSpec, SourceError, SourceNotFound
 from .iospec import MIN_CHUNK, SourceSpec
 
 NL = b"\n"
@@ -32,14 +32,6 @@ STREAM_WAIT_S = 0.01
 # compressions fsspec reads only with an extra package: never split such files as text
 _NEEDS_PACKAGE = {"zst": "zstandard", "zstd": "zstandard", "lz4": "lz4", "sz": "python-snappy",
                   "snappy": "python-snappy"}
-
-
-class SourceNotFound(InvalidSpec):
-    """Paths or globs that matched no file (each one is named)."""
-
-
-class SourceError(ShoalError):
-    """A source could not be read (the message names the file)."""
 
 
 @dataclass(frozen=True)

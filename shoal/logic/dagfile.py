@@ -34,14 +34,13 @@ command, an `after` naming no step, and cycles (with the steps on them). A probl
 """
 from __future__ import annotations
 
-import difflib
 import posixpath
 import re
 from dataclasses import dataclass
 
 import yaml
 
-from ..errors import InvalidSpec
+from ..errors import InvalidSpec, Problems, join_path, path_parts, suggest
 from ..model import TaskSpec
 from .dag import find_cycle
 
@@ -173,29 +172,12 @@ class Dag:
         return out
 
 
-class _Problems:
-    def __init__(self):
-        self.items: list[tuple[int, str]] = []
-
-    def add(self, line: int, where: str, msg: str) -> None:
-        self.items.append((line, f"line {line}: {where}: {msg}"))
-
-    def raise_any(self) -> None:
-        if self.items:  # by line, then in the order found; each problem once
-            raise InvalidSpec(list(dict.fromkeys(t for _, t in sorted(self.items, key=lambda p: p[0]))))
-
-
 def _kind(v) -> str:
     return {type(None): "nothing", str: "a string", int: "a number", float: "a number", bool: "true/false",
             LineList: "a list", LineDict: "a mapping"}.get(type(v), type(v).__name__)
 
 
-def _suggest(word: str, choices) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def _dups(obj, path: str, p: _Problems, seen: set) -> None:
+def _dups(obj, path: str, p: Problems, seen: set) -> None:
     """Every key given twice, and every key that is not a name, anywhere in the document."""
     if id(obj) in seen:
         return
@@ -203,69 +185,66 @@ def _dups(obj, path: str, p: _Problems, seen: set) -> None:
     if isinstance(obj, LineDict):
         for key, first, line in obj.dups:
             what = "step name (first defined" if path == "steps" else "key (first"
-            p.add(line, f"{path}.{key}" if path else key,
-                  f"duplicate {what} at line {first}; YAML would silently keep only the last)")
+            p.add(f"{path}.{key}" if path else key,
+                  f"duplicate {what} at line {first}; YAML would silently keep only the last)", line)
         for line in obj.bad_keys:
-            p.add(line, path or "top level", "a key must be a plain name, not a list or mapping")
+            p.add(path or "top level", "a key must be a plain name, not a list or mapping", line)
         for k, v in obj.items():
             _dups(v, f"{path}.{k}" if path else k, p, seen)
     elif isinstance(obj, LineList):
         for i, v in enumerate(obj):
-            _dups(v, f"{path}.{i}", p, seen)
+            _dups(v, f"{path}[{i}]", p, seen)
 
 
-def _line_of(obj, parts: list[str], fallback: int) -> int:
-    """The line of a field path such as ['env', 'HOME'] or ['command', '1']."""
+def _line_of(obj, parts: list[str | int], fallback: int) -> int:
+    """The line of a field path such as ['env', 'HOME'] or ['command', 1]."""
     line = fallback
     for part in parts:
         if isinstance(obj, LineDict) and part in obj:
             line, obj = obj.key_lines[part], obj[part]
-        elif isinstance(obj, LineList) and part.isdigit() and int(part) < len(obj):
-            line, obj = obj.lines[int(part)], obj[int(part)]
+        elif isinstance(obj, LineList) and isinstance(part, int) and part < len(obj):
+            line, obj = obj.lines[part], obj[part]
         else:
             break
     return line
 
 
 def _spec_problems(problems: list[str], own: LineDict, where: str, fallback: int,
-                   known: list[str], p: _Problems, skip=lambda parts: False) -> None:
+                   known: list[str], p: Problems, skip=lambda parts: False) -> None:
     """TaskSpec.parse's problems, each placed at its line and prefixed with `where`."""
-    locs = {prob.partition(": ")[0] for prob in problems}
     for prob in problems:
         loc, sep, msg = prob.partition(": ")
-        if any(other.startswith(loc + ".") for other in locs):
-            continue  # a union's other branch: the item-level problem says more
         if not sep:
             loc, msg = "task", prob
-        parts = loc.split(".")
+        parts = path_parts(loc)
         if skip(parts):
             continue
-        if msg.startswith("unknown field"):
-            msg = f"unknown field{_suggest(parts[0], known)} (known fields: {', '.join(known)})"
-        p.add(_line_of(own, parts, fallback), f"{where}.{loc}", msg)
+        if msg.startswith("unknown field"):  # a step knows `after` too, and not the fields the DAG sets
+            msg = f"unknown field{suggest(parts[0], known)} (known fields: {', '.join(known)})"
+        p.add(join_path(where, loc), msg, _line_of(own, parts, fallback))
 
 
-def _name(data: LineDict, default_name: str, p: _Problems) -> str:
+def _name(data: LineDict, default_name: str, p: Problems) -> str:
     name, line = data.get("name", default_name), data.key_lines.get("name", 1)
     name = data.raw["name"] if isinstance(name, (int, float)) and not isinstance(name, bool) else name
     if not isinstance(name, str) or not NAME_RE.match(name) or len(name) > MAX_DAG_NAME:
-        p.add(line, "name", f"{name!r} is not a DAG name (use letters, digits, _ . - ; at most "
-                            f"{MAX_DAG_NAME} characters; it becomes the job id prefix)")
+        p.add("name", f"{name!r} is not a DAG name (use letters, digits, _ . - ; at most "
+                      f"{MAX_DAG_NAME} characters; it becomes the job id prefix)", line)
         return "dag"
     return name
 
 
-def _defaults(data: LineDict, base_dir: str | None, p: _Problems) -> LineDict:
+def _defaults(data: LineDict, base_dir: str | None, p: Problems) -> LineDict:
     raw, line = data.get("defaults"), data.key_lines.get("defaults", 1)
     if raw is not None and not isinstance(raw, LineDict):
-        p.add(line, "defaults", f"expected a mapping of task fields (retries: 1, cpus: 2, ...), got {_kind(raw)}")
+        p.add("defaults", f"expected a mapping of task fields (retries: 1, cpus: 2, ...), got {_kind(raw)}", line)
     if not isinstance(raw, LineDict):
         return LineDict()
     fields = {}
     for key, value in raw.items():
         if key in RESERVED or key == "after":
-            p.add(raw.key_lines[key], f"defaults.{key}",
-                  RESERVED.get(key, "steps have their own after; it cannot be a default"))
+            p.add(f"defaults.{key}", RESERVED.get(key, "steps have their own after; it cannot be a default"),
+                  raw.key_lines[key])
         else:
             fields[key] = _resolve_cwd(key, plain(value), base_dir)
     try:
@@ -281,7 +260,7 @@ def _resolve_cwd(key: str, value, base_dir: str | None):
     return value
 
 
-def _after(name: str, body: LineDict, p: _Problems) -> list[tuple[str, int]]:
+def _after(name: str, body: LineDict, p: Problems) -> list[tuple[str, int]]:
     """(step name, line) for each entry of the step's `after`."""
     raw, line = body.get("after"), body.key_lines.get("after", body.line)
     if raw is None:
@@ -289,12 +268,12 @@ def _after(name: str, body: LineDict, p: _Problems) -> list[tuple[str, int]]:
     if body.raw.get("after") is not None:  # one name, as written (`after: on` is not true)
         return [(body.raw["after"], line)]
     if not isinstance(raw, LineList):
-        p.add(line, f"steps.{name}.after", f"expected a step name or a list of step names, got {_kind(raw)}")
+        p.add(f"steps.{name}.after", f"expected a step name or a list of step names, got {_kind(raw)}", line)
         return []
     out = []
     for i, item in enumerate(raw):
         if raw.raws[i] is None:
-            p.add(raw.lines[i], f"steps.{name}.after.{i}", f"expected a step name, got {_kind(item)}")
+            p.add(f"steps.{name}.after[{i}]", f"expected a step name, got {_kind(item)}", raw.lines[i])
         else:
             out.append((raw.raws[i], raw.lines[i]))
     return out
@@ -310,13 +289,12 @@ def parse_dag(text: str, default_name: str = "dag", base_dir: str | None = None)
     if not isinstance(data, LineDict):
         raise InvalidSpec([f"line 1: top level: expected a mapping with name, defaults and steps, "
                            f"got {_kind(data)}"])
-    p = _Problems()
+    p = Problems()
     _dups(data, "", p, set())
     for key in data:
         if key not in TOP_KEYS:
-            p.add(data.key_lines[key], key, f"unknown key{_suggest(key, TOP_KEYS)} "
-                                            f"(the top level takes {', '.join(TOP_KEYS)}; task fields go "
-                                            "under defaults or a step)")
+            p.add(key, f"unknown key{suggest(key, TOP_KEYS)} (the top level takes {', '.join(TOP_KEYS)}; "
+                       "task fields go under defaults or a step)", data.key_lines[key])
     dag_name = _name(data, default_name, p)
     defaults = _defaults(data, base_dir, p)
     default_fields = {k: _resolve_cwd(k, plain(v), base_dir) for k, v in defaults.items()
@@ -325,10 +303,10 @@ def parse_dag(text: str, default_name: str = "dag", base_dir: str | None = None)
     steps_raw, steps_line = data.get("steps"), data.key_lines.get("steps", 1)
     example = "steps: {hello: {command: echo hi}}"
     if "steps" not in data or steps_raw is None or steps_raw == {}:
-        p.add(steps_line, "steps", f"missing (give at least one step: {example})" if "steps" not in data
-              else f"no steps (give at least one: {example})")
+        p.add("steps", f"missing (give at least one step: {example})" if "steps" not in data
+              else f"no steps (give at least one: {example})", steps_line)
     elif not isinstance(steps_raw, LineDict):
-        p.add(steps_line, "steps", f"expected a mapping of step name -> fields, got {_kind(steps_raw)}")
+        p.add("steps", f"expected a mapping of step name -> fields, got {_kind(steps_raw)}", steps_line)
     if not isinstance(steps_raw, LineDict):
         steps_raw = LineDict()
 
@@ -337,22 +315,22 @@ def parse_dag(text: str, default_name: str = "dag", base_dir: str | None = None)
     for name, body in steps_raw.items():
         line, where = steps_raw.key_lines[name], f"steps.{name}"
         if not NAME_RE.match(name) or len(name) > MAX_STEP_NAME:
-            p.add(line, where, f"{name!r} is not a step name (use letters, digits, _ . - ; at most "
-                               f"{MAX_STEP_NAME} characters)")
+            p.add(where, f"{name!r} is not a step name (use letters, digits, _ . - ; at most "
+                         f"{MAX_STEP_NAME} characters)", line)
         if body is None or body == {}:
-            p.add(line, where, "empty step (give it at least a command: `command: echo hi`)")
+            p.add(where, "empty step (give it at least a command: `command: echo hi`)", line)
             afters[name] = []
             continue
         if not isinstance(body, LineDict):
             hint = " (put it under the step as `command: ...`)" if isinstance(body, (str, LineList)) else ""
-            p.add(line, where, f"expected a mapping of fields (command, after, ...), got {_kind(body)}{hint}")
+            p.add(where, f"expected a mapping of fields (command, after, ...), got {_kind(body)}{hint}", line)
             afters[name] = []
             continue
         afters[name] = _after(name, body, p)
         own = {}
         for key, value in body.items():
             if key in RESERVED:
-                p.add(body.key_lines[key], f"{where}.{key}", RESERVED[key])
+                p.add(f"{where}.{key}", RESERVED[key], body.key_lines[key])
             elif key != "after":
                 own[key] = _resolve_cwd(key, plain(value), base_dir)
         merged = dict(default_fields, **own)
@@ -360,7 +338,7 @@ def parse_dag(text: str, default_name: str = "dag", base_dir: str | None = None)
             merged["env"] = {**default_fields["env"], **own["env"]}
         missing = merged.get("command") is None
         if missing:
-            p.add(line, where, "missing command (a shell string, or an argv list such as [sort, -u, x.txt])")
+            p.add(where, "missing command (a shell string, or an argv list such as [sort, -u, x.txt])", line)
         merged = dict(merged, name=name, command="true" if missing else merged["command"])
 
         def from_defaults(parts: list[str], own=own) -> bool:  # reported once, under defaults
@@ -381,8 +359,8 @@ def parse_dag(text: str, default_name: str = "dag", base_dir: str | None = None)
     for name, deps in afters.items():
         for dep, line in deps:
             if dep not in steps_raw:
-                p.add(line, f"steps.{name}.after", f"no step {dep!r}{_suggest(dep, steps_raw)} "
-                                                   f"(steps: {', '.join(steps_raw)})")
+                p.add(f"steps.{name}.after", f"no step {dep!r}{suggest(dep, steps_raw)} "
+                                             f"(steps: {', '.join(steps_raw)})", line)
     edges = {n: [d for d, _ in deps] for n, deps in afters.items()}
     position = {n: i for i, n in enumerate(steps_raw)}
     while (cycle := find_cycle(edges)) is not None:
@@ -392,14 +370,14 @@ def parse_dag(text: str, default_name: str = "dag", base_dir: str | None = None)
         first, nxt = ring[0], ring[1 % len(ring)]
         line = next(ln for d, ln in afters[first] if d == nxt)
         if len(ring) == 1:
-            p.add(line, f"steps.{first}.after", f"cycle: {first} runs after itself")
+            p.add(f"steps.{first}.after", f"cycle: {first} runs after itself", line)
         else:
             links = ", ".join(f"{a} runs after {b}" for a, b in zip(ring, ring[1:] + ring[:1]))
-            p.add(line, f"steps.{first}.after",
-                  f"cycle: {' -> '.join(ring + [first])} ({links}; none of them can start)")
+            p.add(f"steps.{first}.after",
+                  f"cycle: {' -> '.join(ring + [first])} ({links}; none of them can start)", line)
         for n in ring:
             edges.pop(n)
-    p.raise_any()
+    p.raise_if_any()
     return _build(dag_name, parsed, afters)
 
 

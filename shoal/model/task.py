@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, StrictFloat, StrictInt,
                       ValidationError, field_validator, model_validator)
 
-from ..errors import InvalidSpec
+from ..errors import Problems, describe_validation
 from .sizes import parse_size
 
 DEFAULT_MAX_RETRIES = 10
@@ -115,19 +115,17 @@ class TaskSpec(BaseModel):
     @classmethod
     def parse(cls, data: dict, max_retries: int = DEFAULT_MAX_RETRIES) -> "TaskSpec":
         """Validate `data`, collecting every problem into one InvalidSpec."""
-        problems: list[str] = []
+        problems = Problems()
         spec = None
         try:
             spec = cls.model_validate(data)
         except ValidationError as e:
-            problems.extend(describe_errors(e))
-        if spec is not None and spec.retries > max_retries:
-            problems.append(f"retries: {spec.retries} is above this cluster's cap of {max_retries}")
-        if isinstance(data, dict) and isinstance(data.get("retries"), int) and spec is None \
-                and data["retries"] > max_retries:
-            problems.append(f"retries: {data['retries']} is above this cluster's cap of {max_retries}")
-        if problems:
-            raise InvalidSpec(problems)
+            problems.extend("", describe_validation(e, forms=_EXPECTED, fields=cls.model_fields, whole="task"))
+        # the cap is this cluster's, so it is checked here rather than by the model
+        retries = spec.retries if spec is not None else data.get("retries") if isinstance(data, dict) else None
+        if isinstance(retries, int) and retries > max_retries:
+            problems.add("retries", f"{retries} is above this cluster's cap of {max_retries}")
+        problems.raise_if_any()
         return spec
 
 
@@ -141,41 +139,6 @@ _EXPECTED = {
     "priority": "a whole number from -999 to 999",
     "retries": "a whole number, 0 or more",
 }
-
-
-def describe_errors(e: ValidationError | list[dict], prefix: str = "") -> list[str]:
-    """One line per problem, naming the field and the form it expects."""
-    out = []
-    for err in (e.errors() if isinstance(e, ValidationError) else e):
-        loc = ".".join(str(p) for p in err["loc"] if not (isinstance(p, str) and p in (
-            "str", "list[str]", "function-before[_size(), int]", "int", "float",
-            "constrained-float", "constrained-int")))
-        field = loc.split(".")[0] if loc else ""
-        where = prefix + (loc or "task")
-        got = err.get("input")
-        if err["type"] == "json_invalid":
-            out.append(f"body: not valid JSON ({err.get('ctx', {}).get('error', 'could not parse')})")
-            continue
-        if err["type"] == "extra_forbidden":
-            out.append(f"{where}: unknown field (known fields: {', '.join(TaskSpec.model_fields)})")
-            continue
-        if err["type"] == "missing":
-            out.append(f"{where}: required ({_EXPECTED.get(field, 'a value')})")
-            continue
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "value_error":  # our own validators already say field and form
-            out.append(f"{where}: {msg}" if loc else msg)
-        else:
-            expected = _EXPECTED.get(field)
-            out.append(f"{where}: {got!r} is not valid: {msg}" + (f" (expected {expected})" if expected else ""))
-    # one line per field location is enough; a union reports each branch
-    seen, uniq = set(), []
-    for line in out:
-        key = line.split(":")[0]
-        if key not in seen:
-            seen.add(key)
-            uniq.append(line)
-    return uniq
 
 
 class Attempt(BaseModel):

@@ -35,10 +35,6 @@ class _Server(uvicorn.Server):
         yield
 
 
-class _LeaseLost(Exception):
-    pass
-
-
 class Node:
     def __init__(self, settings: NodeSettings, store_settings: StoreSettings):
         self.s = settings

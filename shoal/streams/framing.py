@@ -11,13 +11,11 @@ import struct
 import orjson
 import polars as pl
 
+from ..errors import StreamBroken
+
 HEADER = struct.Struct("!BBI")
 HELLO, TEXT, FRAME, END, ABORT = 1, 2, 3, 4, 5
 MAX_PAYLOAD = 1 << 31
-
-
-class StreamBroken(Exception):
-    """The peer went away or sent something that is not a frame."""
 
 
 def encode_batch(batch: bytes | pl.DataFrame) -> tuple[int, bytes]:

@@ -10,15 +10,8 @@ from dataclasses import dataclass
 
 import orjson
 
-from .framing import ABORT, END, FRAME, HELLO, TEXT, StreamBroken, read_frame
-
-
-class UpstreamFailed(Exception):
-    """An upstream instance failed and said so (ABORT)."""
-
-
-class UpstreamLost(Exception):
-    """An upstream instance vanished mid-stream: its process or its node died."""
+from ..errors import StreamBroken, UpstreamFailed, UpstreamLost
+from .framing import ABORT, END, FRAME, HELLO, TEXT, read_frame
 
 
 @dataclass
