@@ -293,9 +293,9 @@ class Problems:
         ordered = sorted(self.items, key=lambda p: -1 if p.line is None else p.line)
         return list(dict.fromkeys(str(p) for p in ordered))
 
-    def raise_if_any(self, cls: type[InvalidSpec] = InvalidSpec) -> None:
+    def raise_if_any(self) -> None:
         if self.items:
-            raise cls(self.texts())
+            raise InvalidSpec(self.texts())
 
 
 def suggest(word: str, choices: Iterable[str]) -> str:
@@ -306,8 +306,8 @@ def suggest(word: str, choices: Iterable[str]) -> str:
 
 # parts of a pydantic error location that name a union branch or a validator, not a field
 _BRANCH_PREFIXES = ("function-", "union[", "constrained-", "list[", "dict[", "tuple[", "set[", "literal[",
-                    "nullable[", "default[", "chain[", "lax-", "json-or-python[", "tagged-union[")
-_BRANCH_NAMES = {"str", "int", "float", "bool", "bytes", "none", "list", "dict", "is-instance", "model"}
+                    "nullable[", "default[", "chain[", "lax-", "json-or-python[", "tagged-union[", "is-instance[")
+_BRANCH_NAMES = {"str", "int", "float", "bool", "bytes", "none"}
 
 
 def _is_branch(part: Any) -> bool:
@@ -325,9 +325,10 @@ def validation_problems(errors: Any, *, forms: dict[str, str] | None = None, fie
     holds them), listed for an unknown field; `noun`: what a field is called (option)."""
     forms = forms or {}
 
-    def known_at(loc: Path) -> list[str]:
-        got = fields(loc) if callable(fields) else fields
-        return list(got or [])
+    def known_at(loc: Path) -> list[str]:  # the fields of the model at `loc`, when known
+        if callable(fields):
+            return list(fields(loc) or [])
+        return list(fields or []) if not loc else []
 
     raw = errors.errors() if hasattr(errors, "errors") else list(errors)
     found: list[tuple[Path, str, bool]] = []   # (loc, message, came from a union branch)
@@ -350,7 +351,7 @@ def validation_problems(errors: Any, *, forms: dict[str, str] | None = None, fie
         elif kind in ("value_error", "assertion_error"):
             # a model's own check: it names the field first when it is about one (`key: ...`)
             named = re.match(r"([A-Za-z_]\w*): (.*)", msg, re.S)
-            if named and (named.group(1) in forms or named.group(1) in known_at(loc)):
+            if named and (named.group(1) in known_at(loc) or (not loc and named.group(1) in forms)):
                 found.append(((*loc, named.group(1)), named.group(2), branch))
             else:
                 found.append((loc, msg, branch))

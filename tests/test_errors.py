@@ -253,3 +253,13 @@ def test_the_cli_prints_error_and_exits_non_zero(monkeypatch, capsys):
     assert e.value.code == 1
     err = capsys.readouterr().err
     assert err.startswith("Error: cannot reach shoal at http://127.0.0.1:9") and "Traceback" not in err
+
+
+def test_a_usage_error_is_shown_without_a_traceback(monkeypatch, capsys):
+    from shoal.cli import main
+    monkeypatch.setattr(sys, "argv", ["shoal", "dag", "run", "/nonexistent/pipeline.yaml"])
+    with pytest.raises(SystemExit) as e:
+        main.run()
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "Error: Invalid value for 'file'" in err and "Traceback" not in err

@@ -16,6 +16,7 @@ from .logs import router as logs_router
 from .results import router as results_router
 from .streams import router as streams_router
 
+
 def ojson(data, status: int = 200) -> Response:
     return Response(orjson.dumps(data), status_code=status, media_type="application/json")
 

@@ -12,6 +12,7 @@ from fastapi.responses import StreamingResponse
 
 from ..errors import InvalidSpec, NotFound
 from ..exec.attempt import log_paths
+from . import relay
 
 router = APIRouter(tags=["tasks"])
 CHUNK = 64 * 1024
@@ -44,7 +45,10 @@ async def logs(request: Request, task_id: str, stream: Literal["stdout", "stderr
         text = rec.stdout_tail if stream == "stdout" else rec.stderr_tail
         return StreamingResponse(iter([text.encode()]), media_type="text/plain",
                                  headers={"X-Shoal-Log-Source": f"tail kept in the task record (node {holder} is gone)"})
-    return StreamingResponse(_proxy(other.api, task_id, stream, follow, n), media_type="text/plain",
+    params = {"stream": stream, "follow": str(follow).lower(), "attempt": n, "local": "true"}
+    client, resp = await relay.ask("GET", f"{other.api}/v1/tasks/{task_id}/logs", holder,
+                                   f"the log of attempt {n} of {task_id}", params, httpx.Timeout(10.0, read=None))
+    return StreamingResponse(relay.relay(client, resp), media_type="text/plain",
                              headers={"X-Shoal-Log-Source": f"node {holder}"})
 
 
@@ -86,10 +90,3 @@ async def _read_file(node, task_id: str, path, follow: bool, n: int):
                 return
         await asyncio.sleep(0.1)
 
-
-async def _proxy(api: str, task_id: str, stream: str, follow: bool, n: int):
-    params = {"stream": stream, "follow": str(follow).lower(), "attempt": n, "local": "true"}
-    async with httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=None)) as client:
-        async with client.stream("GET", f"{api}/v1/tasks/{task_id}/logs", params=params) as resp:
-            async for chunk in resp.aiter_raw():
-                yield chunk

@@ -10,7 +10,8 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 
-from ..errors import Conflict, NodeUnreachable, NotFound, from_body
+from ..errors import Conflict, NodeUnreachable, NotFound
+from . import relay
 from .streams import _FINAL_NAMES
 
 router = APIRouter(tags=["results"])
@@ -40,29 +41,12 @@ async def get_result(request: Request, task_id: str, local: bool = False):
     if holder is None:
         raise NotFound(f"the result of {task_id} was kept on node {ref.get('node')}, which is gone; "
                        "run the task again (results that must outlive nodes belong in storage)")
-    # ask the holder before answering: once our 200 has gone out, an error from it could
-    # only cut the body short (the caller would see a broken stream, not its NotFound)
-    url = f"{holder.api}/v1/tasks/{task_id}/result?local=true"
-    client = httpx.AsyncClient(timeout=httpx.Timeout(30.0, read=None))
-    try:
-        resp = await client.send(client.build_request("GET", url), stream=True)
-    except httpx.HTTPError as e:
-        await client.aclose()
-        raise NodeUnreachable(f"the result of {task_id} is kept on node {holder.id}, which did not answer "
-                              f"({type(e).__name__}: {e})") from None
-    if resp.status_code >= 400:
-        await resp.aread()
-        await resp.aclose()
-        await client.aclose()
-        try:
-            body = resp.json()
-        except ValueError:
-            body = None
-        raise from_body(resp.status_code, body, resp.text[:300], origin=f"node {holder.id}")
+    client, resp = await relay.ask("GET", f"{holder.api}/v1/tasks/{task_id}/result", holder.id,
+                                   f"the result of {task_id}", {"local": "true"}, httpx.Timeout(30.0, read=None))
     headers = {"X-Shoal-Result-Source": f"node {holder.id}"}
     if "content-length" in resp.headers:
         headers["Content-Length"] = resp.headers["content-length"]
-    return StreamingResponse(_relay(resp, client), media_type="application/octet-stream", headers=headers)
+    return StreamingResponse(relay.relay(client, resp), media_type="application/octet-stream", headers=headers)
 
 
 @router.delete("/v1/tasks/{task_id}/result")
@@ -89,24 +73,14 @@ async def release_result(request: Request, task_id: str, local: bool = False, fo
     holder = await node.store.nodes.node(ref.get("node", ""))
     if holder is None:
         return {"released": False}
-    async with httpx.AsyncClient(timeout=30) as client:
-        resp = await client.delete(f"{holder.api}/v1/tasks/{task_id}/result", params={"local": "true"})
-    return resp.json()
+    return await relay.ask_json("DELETE", f"{holder.api}/v1/tasks/{task_id}/result", holder.id,
+                                f"the result of {task_id}", {"local": "true"})
 
 
 def _read(path: str):
     with open(path, "rb") as f:
         while chunk := f.read(CHUNK):
             yield chunk
-
-
-async def _relay(resp: httpx.Response, client: httpx.AsyncClient):
-    try:
-        async for chunk in resp.aiter_raw():
-            yield chunk
-    finally:
-        await resp.aclose()
-        await client.aclose()
 
 
 @router.delete("/v1/jobs/{job}", tags=["tasks"])
@@ -126,7 +100,10 @@ async def delete_job(request: Request, job: str):
     freed = 0
     for rec in records:
         if rec.result_ref:
-            out = await release_result(request, rec.id, force=True)
+            try:
+                out = await release_result(request, rec.id, force=True)
+            except (NotFound, NodeUnreachable):  # its holder is away or has it no more: nothing to free
+                continue
             freed += bool(out.get("released"))
     await store.tasks.delete_tasks([r.id for r in records])
     return {"job": job, "deleted": len(records), "results_freed": freed}

@@ -45,9 +45,10 @@ def run() -> None:
         sys.exit(130)
     except KeyboardInterrupt:
         sys.exit(130)
-    except Exception as e:  # click usage errors and the like
-        import click
-        if isinstance(e, click.ClickException):
+    except Exception as e:
+        # usage errors (a missing file argument, a value of the wrong type) show themselves;
+        # typer raises its own copy of click's exceptions, so they are known by what they do
+        if callable(getattr(e, "show", None)) and isinstance(getattr(e, "exit_code", None), int):
             e.show()
             sys.exit(e.exit_code)
         raise

@@ -292,10 +292,20 @@ class Client:
         from anyio.from_thread import start_blocking_portal
         self._portal_cm = start_blocking_portal()
         self._portal = self._portal_cm.__enter__()
-        self._async: AsyncClient = self._portal.call(aclient_factory)
-        self._on_close = on_close
-        self.address = self._async.address
-        self.cluster_id = self._portal.call(self._async.health).get("cluster")
+        try:
+            self._async: AsyncClient = self._portal.call(aclient_factory)
+            self._on_close = on_close
+            self.address = self._async.address
+            self.cluster_id = self._portal.call(self._async.health).get("cluster")
+        except BaseException:
+            # left open, the portal would be closed by the garbage collector, possibly at
+            # exit after its thread has gone: a hang where `Error: ...` should end the CLI
+            try:
+                if hasattr(self, "_async"):
+                    self._portal.call(self._async.aclose)
+            finally:
+                self._portal_cm.__exit__(None, None, None)
+            raise
         self._future_refs: collections.Counter = collections.Counter()
         self._unreferenced: list[str] = []
         from . import functions
