@@ -3,7 +3,9 @@ the API's table, bodies that rebuild the same error on the other side, and probl
 input worded and collected one way."""
 from __future__ import annotations
 
+import importlib
 import pickle
+import pkgutil
 import re
 import sys
 
@@ -48,11 +50,13 @@ def test_every_class_is_drawn_in_the_tree():
 
 
 def test_no_error_class_lives_outside_the_errors_module():
-    import shoal.api.app, shoal.cli.main, shoal.flows.driver, shoal.flows.instance  # noqa: E401,F401
-    for mod in list(sys.modules.values()):
-        for value in list(vars(mod).values()) if (getattr(mod, "__name__", "") or "").startswith("shoal") else []:
-            if isinstance(value, type) and issubclass(value, BaseException):
-                assert not value.__module__.startswith("shoal") or value.__module__ == "shoal.errors", value
+    import shoal
+    for info in pkgutil.walk_packages(shoal.__path__, "shoal."):
+        if info.name.endswith("__main__"):
+            continue
+        for value in vars(importlib.import_module(info.name)).values():
+            if isinstance(value, type) and issubclass(value, BaseException) and value.__module__ == info.name:
+                assert info.name == "shoal.errors", f"{value.__name__} is defined in {info.name}"
 
 
 @pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
