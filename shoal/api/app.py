@@ -124,9 +124,9 @@ def create_app(node) -> FastAPI:
             etcd_ok = True
         except Exception:
             cluster, etcd_ok = None, False
-        return ojson({"ok": etcd_ok, "cluster": cluster, "node": node.s.node_id, "api": node.api_url, "etcd": etcd_ok,
-                      "reaper": node.is_reaper, "running": node.scheduler.busy(),
-                      "steps": node.scheduler.steps, "completed": node.scheduler.completed_total,
+        st = node.status()
+        return ojson({"ok": etcd_ok, "cluster": cluster, "node": st.node_id, "api": st.api, "etcd": etcd_ok,
+                      "reaper": st.is_reaper, "running": st.running, "steps": st.steps, "completed": st.completed,
                       "version": __version__}, 200 if etcd_ok else 503)
 
     app.include_router(logs_router)
