@@ -1,8 +1,6 @@
 """HTTP routes. Errors map to status codes in one table; streams are NDJSON."""
 from __future__ import annotations
 
-import time
-
 import orjson
 from fastapi import Body, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -58,7 +56,7 @@ def create_app(node) -> FastAPI:
                 problems.extend(where + p for p in e.problems)
         if problems:
             raise InvalidSpec(problems)
-        now = time.time()
+        now = node.clock.time()
         ids = new_ids(len(parsed))
         return [TaskRecord(id=tid, spec=spec if job is None or spec.job else spec.model_copy(update={"job": job}),
                            submitted_at=now) for tid, spec in zip(ids, parsed)]
@@ -108,7 +106,7 @@ def create_app(node) -> FastAPI:
 
     @app.get("/v1/nodes", tags=["cluster"])
     async def nodes():
-        now = time.time()
+        now = node.clock.time()
         out = []
         for n in await store.nodes():
             d = n.model_dump()
