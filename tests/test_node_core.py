@@ -14,7 +14,9 @@ from shoal.node.core import (WAKE, ArmTimer, AttemptEnded, CancelRequested, Dela
                              KillAttempt, LeaseLost, NodeState, QueueChanged, Registered, RetryStep, Step,
                              StartAttempt, StepCommitted, StepDue, StepFailed, TimerFired)
 from shoal.settings import NodeSettings
-from shoal.store.etcd import KV, StepResult, encode
+from shoal.store.kv import KV
+from shoal.store.records import encode
+from shoal.store.tasks import StepResult
 
 KEYS = Keys("/t/")
 

@@ -19,7 +19,7 @@ from ..logic import placement, transitions
 from ..model import Attempt, TaskRecord, TaskState
 from ..model.keys import Keys
 from ..settings import NodeSettings
-from ..store.etcd import Claim, Completion, StepResult
+from ..store.tasks import Claim, Completion, StepResult
 from .queue_view import QueueView
 
 log = logging.getLogger("shoal.node")

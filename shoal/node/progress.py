@@ -74,7 +74,7 @@ class ProgressPublisher:
             fraction, message = w.latest
             new = a.record.model_copy(update={"progress": {"fraction": fraction, "message": message,
                                                            "at": round(now, 3)}})
-            rev = await self.store.put_progress(sched.s.node_id, new, a.read_rev, a.attempt_rev)
+            rev = await self.store.tasks.put_progress(sched.s.node_id, new, a.read_rev, a.attempt_rev)
             if rev:
                 sched.progress_published(a.task_id, a.attempt_rev, new, rev)
             w.published, w.published_at = w.latest, self.clock.time()

@@ -13,7 +13,8 @@ from ..exec.result import AttemptResult
 from ..logic.clock import SYSTEM_CLOCK, Clock
 from ..model import TaskRecord
 from ..settings import NodeSettings
-from ..store.etcd import Store, WatchReset
+from ..store import Store
+from ..store.kv import WatchReset
 from . import core
 from .core import (AttemptEnded, CancelRequested, DelayClaims, DrainRequested, KillAttempt, LeaseLost,
                    ProgressPublished, QueueChanged, QueueLoaded, Registered, RetryStep, RunningAttempt,
@@ -132,7 +133,7 @@ class Scheduler:
         view ran dry while the last load was cut short."""
         await self._load_queue()
         queue = self.core.queue
-        async for batch in self.store.watch(self.store.keys.queues, queue.loaded_rev + 1):
+        async for batch in self.store.kv.watch(self.store.keys.queues, queue.loaded_rev + 1):
             if isinstance(batch, WatchReset):
                 await self._load_queue()
             else:
@@ -141,20 +142,20 @@ class Scheduler:
                 await self._load_queue()
 
     async def _load_queue(self) -> None:
-        kvs, more, rev = await self.store.get_prefix(self.store.keys.queues, limit=5000)
+        kvs, more, rev = await self.store.kv.get_prefix(self.store.keys.queues, limit=5000)
         self._handle(QueueLoaded(kvs, rev, more))
 
     async def watch_cancels(self) -> None:
         """Cancel requests: b"" cancels, b"unstarted" only one claimed ahead and not started."""
         keys = self.store.keys
         prefix = keys.cancels_for(self.s.node_id)
-        rev = await self.store.revision()
-        kvs, _, _ = await self.store.get_prefix(prefix)
+        rev = await self.store.kv.revision()
+        kvs, _, _ = await self.store.kv.get_prefix(prefix)
         for kv in kvs:
             self._handle(CancelRequested(keys.id_of(kv.key), kv.value == b"unstarted"))
-        async for batch in self.store.watch(prefix, rev + 1):
+        async for batch in self.store.kv.watch(prefix, rev + 1):
             if isinstance(batch, WatchReset):
-                kvs, _, _ = await self.store.get_prefix(prefix)
+                kvs, _, _ = await self.store.kv.get_prefix(prefix)
                 for kv in kvs:
                     self._handle(CancelRequested(keys.id_of(kv.key), kv.value == b"unstarted"))
                 continue
@@ -175,7 +176,7 @@ class Scheduler:
             if type(todo) is not Step:
                 continue
             try:
-                result = await self.store.step(self.s.node_id, self.lease, todo.completions, todo.claims)
+                result = await self.store.tasks.step(self.s.node_id, self.lease, todo.completions, todo.claims)
             except Exception as e:  # etcd away for longer than the store rides out
                 log.warning("step failed (%s); will retry", e)
                 pause = self._handle(StepFailed(todo))
@@ -199,7 +200,7 @@ class Scheduler:
     async def reconcile(self) -> None:
         """Running keys of ours with no attempt here (a claim whose reply was lost) go
         back to the queue."""
-        kvs = await self.store.running_on(self.s.node_id)
+        kvs = await self.store.tasks.running_on(self.s.node_id)
         keys = [(self.store.keys.id_of(kv.key), kv.create_revision) for kv in kvs if kv.lease == self.lease]
         for ins in self.core.handle(RunningKeysRead(keys), now=self.clock.time()):
-            await self.store.release_orphan(self.s.node_id, ins.task_id, ins.create_revision)
+            await self.store.tasks.release_orphan(self.s.node_id, ins.task_id, ins.create_revision)
