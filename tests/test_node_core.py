@@ -411,3 +411,12 @@ def test_under_any_events_no_task_is_both_ready_and_started_and_started_attempts
         assert core.busy() == len(alive) and core.free().slots == 2 - len(alive)
         if core.draining:
             assert not core.ready
+
+
+def test_the_test_clock_moves_only_when_told():
+    clock = TestClock(wall=100.0, monotonic=5.0)
+    assert (clock.time(), clock.monotonic()) == (100.0, 5.0)
+    clock.advance(2.5)
+    assert (clock.time(), clock.monotonic()) == (102.5, 7.5)
+    clock.set(50.0)                         # the wall clock may jump back; monotonic time does not
+    assert (clock.time(), clock.monotonic()) == (50.0, 7.5)

@@ -57,7 +57,7 @@ class Node:
         self.s = settings
         self.clock = clock
         self.store = Store(store_settings.endpoints, store_settings.prefix, store_settings.timeout_s,
-                           store_settings.max_txn_ops, store_settings.retention_s)
+                           store_settings.max_txn_ops, store_settings.retention_s, clock=clock)
         self.scheduler = Scheduler(settings, self.store, clock)
         # flow stage instances reach etcd and serve their data on the node's address
         self.scheduler.base_env.update(SHOAL_ETCD=",".join(store_settings.endpoints),
