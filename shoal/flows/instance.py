@@ -28,8 +28,7 @@ import polars as pl
 from ..exec.filter import FilterFailed, run_filter
 from .plan import Output, Plan, StagePlan, plan_or_raise
 from .spec import EdgeSpec, FlowSpec
-from ..store import flows as fstore
-from ..store.etcd import Store
+from ..store import Store
 from ..streams.framing import END, FRAME, StreamBroken, decode_batch, encode_batch
 from ..streams.inbox import Inbox, UpstreamFailed, UpstreamLost
 from ..streams.outbox import Link
@@ -128,10 +127,10 @@ class Instance:
 
     async def _connect(self, out: Output) -> tuple[Output, Router, list[Link], object]:
         if out.target == CLIENT:
-            addrs = await fstore.wait_endpoints(self.store, self.run, self.attempt, CLIENT, 1, CONNECT_TIMEOUT_S)
+            addrs = await self.store.flows.wait_endpoints(self.run, self.attempt, CLIENT, 1, CONNECT_TIMEOUT_S)
         else:
-            addrs = await fstore.wait_endpoints(self.store, self.run, self.attempt, out.target,
-                                                out.parallelism, CONNECT_TIMEOUT_S)
+            addrs = await self.store.flows.wait_endpoints(self.run, self.attempt, out.target,
+                                                          out.parallelism, CONNECT_TIMEOUT_S)
         links = [Link(a, {"run": self.run, "attempt": self.attempt, "stage": out.target, "index": j,
                           "from": self.st.name, "from_index": self.index, "port": out.port})
                  for j, a in enumerate(addrs)]
@@ -148,7 +147,7 @@ class Instance:
         if any(st.senders):
             self.inbox = Inbox(self.run, self.attempt, st.name, self.index, st.senders)
             addr = await self.inbox.start(host)
-            await fstore.put_endpoint(self.store, self.run, self.attempt, st.name, self.index, addr)
+            await self.store.flows.put_endpoint(self.run, self.attempt, st.name, self.index, addr)
         outputs = list(st.outputs)
         if st.to_client:
             outputs.append(Output(CLIENT, EdgeSpec(source=st.name, edge="collect"), 0, 1))
@@ -176,8 +175,8 @@ class Instance:
         finally:
             publisher.cancel()
             await asyncio.gather(publisher, return_exceptions=True)
-            await fstore.put_stats(self.store, self.run, self.attempt, st.name, self.index,
-                                   self.stats.as_dict(self.inbox, self.links, done=True))
+            await self.store.flows.put_stats(self.run, self.attempt, st.name, self.index,
+                                             self.stats.as_dict(self.inbox, self.links, done=True))
             if self.inbox is not None:
                 await self.inbox.close()
             shutil.rmtree(self.spill, ignore_errors=True)
@@ -186,8 +185,8 @@ class Instance:
         while True:
             await asyncio.sleep(STATS_EVERY_S)
             try:
-                await fstore.put_stats(self.store, self.run, self.attempt, self.st.name, self.index,
-                                       self.stats.as_dict(self.inbox, self.links))
+                await self.store.flows.put_stats(self.run, self.attempt, self.st.name, self.index,
+                                                 self.stats.as_dict(self.inbox, self.links))
             except Exception:   # counters are best effort; the data path must not stop for them
                 pass
 
@@ -377,7 +376,7 @@ async def main(run: str, attempt: int, stage: str, index: int) -> int:
     store = Store(os.environ.get("SHOAL_ETCD", "http://127.0.0.1:2379"), os.environ.get("SHOAL_PREFIX", "/shoal/"))
     try:
         await store.connect(wait_s=10)
-        record = await fstore.get_run(store, run)
+        record = await store.flows.get_run(run)
         plan = plan_or_raise(FlowSpec.model_validate(record["spec"]))
         await Instance(store, run, attempt, plan, plan.stages[stage], index, record.get("bounds")).run_()
         return 0
