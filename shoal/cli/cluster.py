@@ -86,7 +86,7 @@ def register(app: typer.Typer) -> None:
         """Run a node in the foreground: join the etcd cluster, serve the HTTP API, claim
         and run tasks. Stop it with SIGTERM or Ctrl-C (running attempts are killed and
         run again elsewhere)."""
-        from ..api.server import serve_node
+        from ..api.server import serve_node  # node + API: loaded only by this command
         logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                             format="%(asctime)s %(name)s %(levelname)s %(message)s")
         n_cpus = cpus if cpus is not None else float(os.cpu_count() or 1)

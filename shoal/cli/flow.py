@@ -12,7 +12,7 @@ from rich.live import Live
 from rich.table import Table
 
 from ..errors import InvalidSpec
-from ..flows.file import load_flow
+from ..client.flows import load_flow
 from .common import client_for
 from .output import Output, console, err_console, print_json, state_text
 
@@ -94,7 +94,7 @@ def run(file: Path = typer.Argument(..., exists=True, dir_okay=False, help="The 
         if live:
             view.update(status_table(status))
 
-    from ..flows.driver import FlowCancelled, FlowFailed
+    from ..client.flows import FlowCancelled, FlowFailed
     t0 = time.time()
     with client_for(address, embedded=True) as c:
         try:

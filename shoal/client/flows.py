@@ -1,0 +1,15 @@
+"""Flow files and outcomes for SDK users and the CLI: the one place the client reaches
+into the flow package. Reading a flow file is cheap; the driver (and its data plane)
+loads only when its names are used."""
+from __future__ import annotations
+
+from ..flows.file import load_flow, parse_flow
+
+__all__ = ["load_flow", "parse_flow", "FlowFailed", "FlowCancelled", "FlowResult"]
+
+
+def __getattr__(name: str):
+    if name in ("FlowFailed", "FlowCancelled", "FlowResult"):
+        from ..flows import driver
+        return getattr(driver, name)
+    raise AttributeError(name)
