@@ -15,9 +15,8 @@ from ..model import TaskRecord
 from ..settings import NodeSettings
 from ..store import Store
 from ..store.kv import WatchReset
-from . import core
-from .core import (AttemptEnded, CancelRequested, DelayClaims, DrainRequested, KillAttempt, LeaseLost,
-                   ProgressPublished, QueueChanged, QueueLoaded, Registered, RetryStep, RunningAttempt,
+from .core import (ArmTimer, AttemptEnded, CancelRequested, DelayClaims, DrainRequested, KillAttempt, LeaseLost,
+                   NodeState, ProgressPublished, QueueChanged, QueueLoaded, Registered, RetryStep, RunningAttempt,
                    RunningKeysRead, StartAttempt, Step, StepCommitted, StepDue, StepFailed, TimerFired, Wake)
 
 log = logging.getLogger("shoal.node")
@@ -29,7 +28,7 @@ class Scheduler:
         self.s = settings
         self.store = store
         self.clock = clock
-        self.core = core.NodeState(settings, store.keys)
+        self.core = NodeState(settings, store.keys)
         self.procs: dict[str, object] = {}   # task id -> its live attempt (exec Attempt or FunctionAttempt)
         self.lease = 0
         self.wake = asyncio.Event()
@@ -86,7 +85,7 @@ class Scheduler:
                 proc = self.procs.get(ins.task_id)
                 if proc is not None:
                     proc.kill(ins.reason, ins.grace_s)
-            elif kind is core.ArmTimer:
+            elif kind is ArmTimer:
                 self._arm_timer(ins.at)
             else:
                 pending = ins
