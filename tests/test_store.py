@@ -9,6 +9,7 @@ import pytest
 
 from shoal.errors import Conflict, NotFound, StoreCompacted, StoreUnavailable, TooLarge
 from shoal.logic import transitions
+from shoal.logic.clock import TestClock
 from shoal.model import Attempt, NodeInfo, TaskRecord, TaskSpec, TaskState, new_ids
 from shoal.model.keys import Keys
 from shoal.store import Store
@@ -127,6 +128,25 @@ async def test_lost_node_with_no_retries_left_fails_the_task(store):
     await store.kv.revoke_lease(lease)
     new = await store.tasks.requeue_lost(recs[0].id, "n1")
     assert new.state == TaskState.failed and "node n1 was lost" in new.reason
+
+
+async def test_the_store_stamps_transitions_with_its_clock(etcd):
+    clock = TestClock(wall=2_000_000_000.0)
+    store = Store([etcd.url], prefix="/clocked/", retry_for_s=10, clock=clock)
+    await store.connect(wait_s=5)
+    try:
+        recs = records(2)
+        await store.tasks.submit(recs)
+        lease = await store.kv.grant_lease(10)
+        await claim(store, "n1", lease, recs[:1])
+        await store.kv.revoke_lease(lease)
+        clock.advance(7.5)
+        lost = await store.tasks.requeue_lost(recs[0].id, "n1")
+        assert lost.finished_at == lost.attempts[-1].finished_at == 2_000_000_007.5
+        cancelled = await store.tasks.cancel(recs[1].id)
+        assert cancelled.finished_at == 2_000_000_007.5
+    finally:
+        await store.close()
 
 
 async def test_cancel_queued_running_and_finished(store):

@@ -1,8 +1,6 @@
 """HTTP routes. Errors map to status codes in one table; streams are NDJSON."""
 from __future__ import annotations
 
-import time
-
 import orjson
 from fastapi import Body, FastAPI
 from fastapi.responses import Response
@@ -36,7 +34,7 @@ def create_app(node) -> FastAPI:
             except InvalidSpec as e:
                 problems.extend(f"tasks[{i}]" if batch else "", e.problems)
         problems.raise_if_any()
-        now = time.time()
+        now = node.clock.time()
         ids = new_ids(len(parsed))
         return [TaskRecord(id=tid, spec=spec if job is None or spec.job else spec.model_copy(update={"job": job}),
                            submitted_at=now) for tid, spec in zip(ids, parsed)]
@@ -86,7 +84,7 @@ def create_app(node) -> FastAPI:
 
     @app.get("/v1/nodes", tags=["cluster"])
     async def nodes():
-        now = time.time()
+        now = node.clock.time()
         out = []
         for n in await store.nodes.nodes():
             d = n.model_dump()
@@ -102,9 +100,9 @@ def create_app(node) -> FastAPI:
             etcd_ok = True
         except Exception:
             cluster, etcd_ok = None, False
-        return ojson({"ok": etcd_ok, "cluster": cluster, "node": node.s.node_id, "api": node.api_url, "etcd": etcd_ok,
-                      "reaper": node.is_reaper, "running": node.scheduler.busy(),
-                      "steps": node.scheduler.steps, "completed": node.scheduler.completed_total,
+        st = node.status()
+        return ojson({"ok": etcd_ok, "cluster": cluster, "node": st.node_id, "api": st.api, "etcd": etcd_ok,
+                      "reaper": st.is_reaper, "running": st.running, "steps": st.steps, "completed": st.completed,
                       "version": __version__}, 200 if etcd_ok else 503)
 
     app.include_router(logs_router)

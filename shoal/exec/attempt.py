@@ -17,25 +17,7 @@ from ..errors import SetupError
 from ..model import TaskSpec
 from .capture import Capture
 from .limits import MemoryLimit
-
-
-@dataclass
-class AttemptResult:
-    exit_code: int | None
-    signal: int | None
-    started_at: float
-    finished_at: float
-    cpu_s: float
-    max_rss_bytes: int | None
-    stdout_tail: str = ""
-    stderr_tail: str = ""
-    stdout_bytes: int = 0
-    stderr_bytes: int = 0
-    reason: str | None = None   # set when it did not simply exit
-    result: str | None = None   # function tasks: base64 pickle of a small return value
-    result_ref: dict | None = None   # ... or where a big one is kept
-    error: dict | None = None   # ... or the exception it raised
-    timed_out: bool = False
+from .result import AttemptResult
 
 
 def tail(path: Path, nbytes: int) -> tuple[str, int]:

@@ -190,7 +190,7 @@ class FlowRun:
                           stage=who.split("[")[0], stderr=stderr)
 
     async def _put(self) -> None:
-        await self.client._json("PUT", f"/v1/flows/{self.run}", json=self.record)
+        await self.client.request_json("PUT", f"/v1/flows/{self.run}", json=self.record)
 
     async def _spool_input(self) -> None:
         """stdin or the iterable, kept in a file so a restarted run reads the same records."""
@@ -218,7 +218,7 @@ class FlowRun:
         if to_client is not None:
             inbox = Inbox(self.run, attempt, CLIENT, 0, (to_client.parallelism,))
             addr = await inbox.start(_own_address(self.client.address))
-            await self.client._json("PUT", f"/v1/flows/{self.run}/{attempt}/endpoints/{CLIENT}/0",
+            await self.client.request_json("PUT", f"/v1/flows/{self.run}/{attempt}/endpoints/{CLIENT}/0",
                                     json={"address": addr})
             side.append(asyncio.create_task(self._receive(inbox, out_path)))
         specs, names = [], []
@@ -300,7 +300,7 @@ class FlowRun:
 
     async def _cancel_requested(self) -> bool:
         try:
-            status = await self.client._json("GET", f"/v1/flows/{self.run}")
+            status = await self.client.request_json("GET", f"/v1/flows/{self.run}")
         except NotFound:
             return False
         return bool(status.get("cancel_requested"))
@@ -322,13 +322,13 @@ class FlowRun:
         while True:
             await asyncio.sleep(self.status_every_s)
             with contextlib.suppress(ShoalError):
-                self.status = await self.client._json("GET", f"/v1/flows/{self.run}")
+                self.status = await self.client.request_json("GET", f"/v1/flows/{self.run}")
                 if self.on_status is not None:
                     self.on_status(self.status)
 
     async def _feed(self, attempt: int, stage) -> None:
         """Send the spooled input to the stage that reads it, a block to each instance in turn."""
-        body = await self.client._json("GET", f"/v1/flows/{self.run}/{attempt}/endpoints/{stage.name}",
+        body = await self.client.request_json("GET", f"/v1/flows/{self.run}/{attempt}/endpoints/{stage.name}",
                                        params={"count": stage.parallelism, "timeout": 120})
         links = [Link(a, {"run": self.run, "attempt": attempt, "stage": stage.name, "index": j,
                           "from": CLIENT, "from_index": 0, "port": 0}) for j, a in enumerate(body["endpoints"])]
@@ -353,7 +353,7 @@ class FlowRun:
                 await asyncio.to_thread(f.write, payload)
 
     async def _succeed(self, attempt: int, t0: float) -> FlowResult:
-        status = await self.client._json("GET", f"/v1/flows/{self.run}")
+        status = await self.client.request_json("GET", f"/v1/flows/{self.run}")
         bad = sum(i.get("bad", 0) for s in status.get("stages", []) for i in s["instances"])
         if bad > self.spec.bad_records:
             examples = [e for s in status["stages"] for i in s["instances"] for e in i.get("bad_examples", [])]

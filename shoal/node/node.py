@@ -1,5 +1,6 @@
-"""One `shoal node` process: registers under a lease, serves the HTTP API, runs the
-scheduler, campaigns for the reaper role. All its loops live in one TaskGroup."""
+"""One `shoal node` process: registers under a lease, runs the scheduler, campaigns for
+its elected roles, and runs the services it is given (the HTTP API, built by the API
+layer). All its loops live in one TaskGroup; it owns signals and the shutdown order."""
 from __future__ import annotations
 
 import asyncio
@@ -9,13 +10,14 @@ import os
 import sys
 import signal
 import socket
-import time
-
-import uvicorn
+from dataclasses import dataclass
+from typing import Protocol
 
 from ..exec.attempt import use_guard
 from ..exec.guard import Guard
 from ..exec.pyworkers import WorkerPool
+from ..logic.clock import SYSTEM_CLOCK, Clock
+from ..logic.placement import Capacity
 from ..model import NodeInfo
 from ..settings import NodeSettings, StoreSettings
 from ..store import Store
@@ -28,19 +30,35 @@ from .scheduler import Scheduler
 log = logging.getLogger("shoal.node")
 
 
-class _Server(uvicorn.Server):
-    """uvicorn without its own signal handling: the node owns SIGTERM/SIGINT."""
-    @contextlib.contextmanager
-    def capture_signals(self):
-        yield
+class Service(Protocol):
+    """Something the node runs beside its own loops (the HTTP API): started once the
+    node is registered, asked to stop once it has drained."""
+
+    async def serve(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    """What this node is doing, for its health route."""
+    node_id: str
+    api: str
+    running: int          # attempts whose process runs now
+    steps: int            # etcd transactions of the step loop so far
+    completed: int        # attempt ends committed so far
+    is_reaper: bool
+    free: Capacity
 
 
 class Node:
-    def __init__(self, settings: NodeSettings, store_settings: StoreSettings):
+    def __init__(self, settings: NodeSettings, store_settings: StoreSettings, api_url: str = "",
+                 clock: Clock = SYSTEM_CLOCK):
         self.s = settings
+        self.clock = clock
         self.store = Store(store_settings.endpoints, store_settings.prefix, store_settings.timeout_s,
-                           store_settings.max_txn_ops, store_settings.retention_s)
-        self.scheduler = Scheduler(settings, self.store)
+                           store_settings.max_txn_ops, store_settings.retention_s, clock=clock)
+        self.scheduler = Scheduler(settings, self.store, clock)
         # flow stage instances reach etcd and serve their data on the node's address
         self.scheduler.base_env.update(SHOAL_ETCD=",".join(store_settings.endpoints),
                                        SHOAL_PREFIX=store_settings.prefix, SHOAL_DATA_HOST=settings.api_host,
@@ -50,10 +68,9 @@ class Node:
         self.roles.add("reaper", self.reaper.serve)
         self.feed = TaskFeed(self.store)
         self.lease = 0
-        self.api_url = ""
-        self.started_at = time.time()
+        self.api_url = api_url
+        self.started_at = clock.time()
         self._stop = asyncio.Event()
-        self._sock: socket.socket | None = None
 
     # -- identity -------------------------------------------------------------------
 
@@ -63,13 +80,13 @@ class Node:
             id=self.s.node_id, host=socket.gethostname(), pid=os.getpid(), api=self.api_url,
             machine_type=self.s.machine_type, labels=self.s.labels, cpus=self.s.cpus,
             memory=self.s.memory_bytes, disk=self.s.disk_bytes, gpus=self.s.gpus, slots=self.s.slots,
-            lease=self.lease, started_at=self.started_at, heartbeat_at=time.time(),
+            lease=self.lease, started_at=self.started_at, heartbeat_at=self.clock.time(),
             free_cpus=round(free.cpus, 3), free_memory=free.memory, free_slots=free.slots,
             running=self.scheduler.busy())
 
     async def _register(self) -> None:
         self.lease = await self.store.kv.grant_lease(self.s.lease_ttl_s)
-        self.scheduler.lease = self.lease
+        self.scheduler.registered(self.lease)
         await self.store.nodes.put_node(self.info(), self.lease)
         self.roles.lease_changed()
 
@@ -77,35 +94,26 @@ class Node:
     def is_reaper(self) -> bool:
         return "reaper" in self.roles.held
 
+    def status(self) -> NodeStatus:
+        sched = self.scheduler
+        return NodeStatus(node_id=self.s.node_id, api=self.api_url, running=sched.busy(), steps=sched.steps,
+                          completed=sched.completed_total, is_reaper=self.is_reaper, free=sched.free())
+
     # -- run ----------------------------------------------------------------------------
 
-    def bind(self) -> None:
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        # accepted sockets inherit this: no 40 ms Nagle/delayed-ACK stalls on small replies
-        self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._sock.bind((self.s.api_host, self.s.api_port))
-        self._sock.listen(1024)
-        self._sock.setblocking(False)
-        host, port = self._sock.getsockname()[:2]
-        self.api_url = f"http://{host}:{port}"
-
-    async def serve(self, ready: asyncio.Event | None = None) -> None:
-        from ..api.app import create_app   # the API layer sits above the node
+    async def serve(self, ready: asyncio.Event | None = None, services: tuple[Service, ...] = ()) -> None:
+        """Run until stop() or SIGTERM/SIGINT: then drain (running attempts go back to the
+        queue), stop the services, and end every loop."""
         await self.store.connect(wait_s=10.0)
         self.s.log_dir.mkdir(parents=True, exist_ok=True)
         self.scheduler.log_dir = self.s.log_dir
         results_dir = self.s.home / "results" / self.s.node_id
         results_dir.mkdir(parents=True, exist_ok=True)
-        if self._sock is None:
-            self.bind()
         await self._register()
         guard = Guard()
         use_guard(guard)
         self.pool = self.scheduler.pool = WorkerPool(self.s.node_id, self.api_url, results_dir,
                                                      max_idle=self.s.slots)
-        api = _Server(uvicorn.Config(create_app(self), log_level="warning", lifespan="off",
-                                     access_log=False, timeout_graceful_shutdown=1))
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(RuntimeError, ValueError):
@@ -120,14 +128,16 @@ class Node:
                 tg.create_task(self.roles.run())
                 tg.create_task(self._reconcile())
                 tg.create_task(self.feed.run())
-                tg.create_task(ProgressPublisher(self.scheduler, self.store).run())
-                api_task = tg.create_task(api.serve(sockets=[self._sock]))
+                tg.create_task(ProgressPublisher(self.scheduler, self.store, clock=self.clock).run())
+                served = [tg.create_task(svc.serve()) for svc in services]
                 if ready is not None:
                     ready.set()
                 await self._stop.wait()
                 await self.scheduler.drain(self.s.kill_grace_s)
-                api.should_exit = True
-                await api_task
+                for svc in services:
+                    svc.stop()
+                for task in served:
+                    await task
                 raise asyncio.CancelledError  # ends the group: the loops stop with it
         except (asyncio.CancelledError, BaseExceptionGroup) as e:
             if isinstance(e, BaseExceptionGroup):
@@ -156,28 +166,28 @@ class Node:
         is gone, or we could not refresh it for a whole TTL, our keys may be gone and our
         work requeued elsewhere: fence (kill every attempt) and register again."""
         period = self.s.lease_ttl_s / 3
-        last_ok = time.monotonic()
+        clock = self.clock
+        last_ok = clock.monotonic()
         while True:
             await asyncio.sleep(period)
             try:
                 ttl = await asyncio.wait_for(self.store.kv.keepalive(self.lease), timeout=period * 2)
                 if ttl > 0:
-                    last_ok = time.monotonic()
+                    last_ok = clock.monotonic()
                     await asyncio.wait_for(self.store.nodes.put_node(self.info(), self.lease), timeout=period * 2)
                     continue
                 log.warning("lease %x expired", self.lease)
             except Exception as e:
-                if time.monotonic() - last_ok < self.s.lease_ttl_s:
+                if clock.monotonic() - last_ok < self.s.lease_ttl_s:
                     log.info("keepalive failed (%s); retrying", e)
                     continue
-                log.warning("no keepalive for %.1fs (%s)", time.monotonic() - last_ok, e)
-            self.scheduler.fence()
+                log.warning("no keepalive for %.1fs (%s)", clock.monotonic() - last_ok, e)
+            self.scheduler.lease_lost()
             while True:
                 try:
                     await self._register()
-                    last_ok = time.monotonic()
+                    last_ok = clock.monotonic()
                     log.warning("registered again with lease %x", self.lease)
-                    self.scheduler.wake.set()
                     break
                 except Exception as e:
                     log.info("cannot register yet (%s)", e)

@@ -8,10 +8,10 @@ import asyncio
 import logging
 import os
 import re
-import time
 from dataclasses import dataclass
 
 from ..exec.attempt import log_paths
+from ..logic.clock import SYSTEM_CLOCK, Clock
 
 log = logging.getLogger("shoal.progress")
 _STDOUT_LINE = re.compile(rb"^::progress\s+([0-9.]+)\s*(.*)$", re.MULTILINE)
@@ -40,10 +40,15 @@ class _Watch:
 
 
 class ProgressPublisher:
-    def __init__(self, scheduler, store, every_s: float = 0.5):
+    """Reads the progress lines of the scheduler's running attempts and writes them into
+    their records; tells the scheduler of each write, which keeps it if the attempt is
+    still the one written for."""
+
+    def __init__(self, scheduler, store, every_s: float = 0.5, clock: Clock = SYSTEM_CLOCK):
         self.scheduler = scheduler
         self.store = store
         self.every_s = every_s
+        self.clock = clock
         self._watches: dict[tuple[str, int], _Watch] = {}
 
     async def run(self) -> None:
@@ -57,23 +62,22 @@ class ProgressPublisher:
     async def tick(self) -> None:
         sched = self.scheduler
         live = set()
-        for tid, r in list(sched.running.items()):
-            if r.proc is None or r.proc.done.done() or tid in sched.finished:
-                continue
-            key = (tid, r.record.attempt)
+        for a in sched.running_attempts():
+            n = a.record.attempt
+            key = (a.task_id, n)
             live.add(key)
             w = self._watches.setdefault(key, _Watch())
-            self._scan(w, tid, r.record.attempt, command=not r.record.spec.is_function)
-            if w.latest is None or w.latest == w.published or time.time() - w.published_at < self.every_s:
+            self._scan(w, a.task_id, n, command=not a.record.spec.is_function)
+            now = self.clock.time()
+            if w.latest is None or w.latest == w.published or now - w.published_at < self.every_s:
                 continue
             fraction, message = w.latest
-            new = r.record.model_copy(update={"progress": {"fraction": fraction, "message": message,
-                                                           "at": round(time.time(), 3)}})
-            rev = await self.store.tasks.put_progress(sched.s.node_id, new, r.read_rev, r.attempt_rev)
-            # only if nothing moved meanwhile (the attempt may have ended while we wrote)
-            if rev and sched.running.get(tid) is r and tid not in sched.finished:
-                r.record, r.read_rev = new, rev
-            w.published, w.published_at = w.latest, time.time()
+            new = a.record.model_copy(update={"progress": {"fraction": fraction, "message": message,
+                                                           "at": round(now, 3)}})
+            rev = await self.store.tasks.put_progress(sched.s.node_id, new, a.read_rev, a.attempt_rev)
+            if rev:
+                sched.progress_published(a.task_id, a.attempt_rev, new, rev)
+            w.published, w.published_at = w.latest, self.clock.time()
         for key in list(self._watches):
             if key not in live:
                 del self._watches[key]

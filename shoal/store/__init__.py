@@ -4,6 +4,7 @@ client); `tasks`, `dag`, `nodes`, `elections` and `flows` hold shoal's transacti
 `server` says how to run an etcd process. `Store` gathers them over one connection."""
 from __future__ import annotations
 
+from ..logic.clock import SYSTEM_CLOCK, Clock
 from ..model.keys import Keys
 from .dag import DagStore
 from .elections import Elections
@@ -20,13 +21,14 @@ class Store:
     `kv`, `keys`, `tasks`, `dag`, `nodes`, `elections`, `flows`."""
 
     def __init__(self, endpoints: list[str] | str, prefix: str = "/shoal/", timeout_s: float = 5.0,
-                 max_txn_ops: int = 128, retention_s: float = 7 * 86400, retry_for_s: float = 30.0):
+                 max_txn_ops: int = 128, retention_s: float = 7 * 86400, retry_for_s: float = 30.0,
+                 clock: Clock = SYSTEM_CLOCK):
         self.kv = Etcd(endpoints, timeout_s=timeout_s, retention_s=retention_s, retry_for_s=retry_for_s)
         self.keys = Keys(prefix if prefix.endswith("/") else prefix + "/")
         self.nodes = NodeStore(self.kv, self.keys)
         self.elections = Elections(self.kv, self.keys)
-        self.dag = DagStore(self.kv, self.keys)
-        self.tasks = TaskStore(self.kv, self.keys, self.dag, self.nodes, max_txn_ops)
+        self.dag = DagStore(self.kv, self.keys, clock)
+        self.tasks = TaskStore(self.kv, self.keys, self.dag, self.nodes, max_txn_ops, clock)
         self.flows = Flows(self)
 
     async def connect(self, wait_s: float = 0.0) -> None:

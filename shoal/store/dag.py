@@ -3,9 +3,8 @@ dependents (and theirs in turn), to commit in the transaction that ends it. What
 where is decided in logic/dag.py; this module reads the records and builds the ops."""
 from __future__ import annotations
 
-import time
-
 from ..logic import dag
+from ..logic.clock import SYSTEM_CLOCK, Clock
 from ..model import TaskRecord
 from ..model.keys import Keys
 from .kv import Etcd, cmp
@@ -13,9 +12,10 @@ from .records import put_record_ops, read_records
 
 
 class DagStore:
-    def __init__(self, kv: Etcd, keys: Keys):
+    def __init__(self, kv: Etcd, keys: Keys, clock: Clock = SYSTEM_CLOCK):
         self.kv = kv
         self.keys = keys
+        self.clock = clock
 
     async def cascade(self, finished: TaskRecord, touched: set[str] | None = None
                       ) -> tuple[list, list, set[str]] | None:
@@ -32,7 +32,7 @@ class DagStore:
             if touched is not None and touched.intersection(want):
                 return None
             current = await read_records(self.kv, self.keys, want)
-            changed = dag.cascade_wave(frontier, {d: rec for d, (rec, _) in current.items()}, time.time())
+            changed = dag.cascade_wave(frontier, {d: rec for d, (rec, _) in current.items()}, self.clock.time())
             frontier = []
             retention = 0
             for d, new in changed.items():

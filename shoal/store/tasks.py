@@ -4,11 +4,11 @@ is one transaction that compares what it read (mod_revision, create_revision) so
 concurrent nodes never double-apply."""
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
 from ..errors import Conflict, InvalidSpec, NotFound, TooLarge
 from ..logic import dag, transitions
+from ..logic.clock import SYSTEM_CLOCK, Clock
 from ..model import TaskRecord, TaskState
 from ..model.keys import Keys
 from .dag import DagStore
@@ -43,9 +43,11 @@ class StepResult:
 
 
 class TaskStore:
-    def __init__(self, kv: Etcd, keys: Keys, cascade: DagStore, nodes: NodeStore, max_txn_ops: int = 128):
+    def __init__(self, kv: Etcd, keys: Keys, cascade: DagStore, nodes: NodeStore, max_txn_ops: int = 128,
+                 clock: Clock = SYSTEM_CLOCK):
         self.kv = kv
         self.keys = keys
+        self.clock = clock      # the time transitions stamp (cancel, node lost)
         self.dag = cascade      # moves a finished task's dependents in the same transaction
         self.nodes = nodes      # a running task's node, to tell it to cancel
         self.max_txn_ops = max_txn_ops
@@ -267,7 +269,7 @@ class TaskStore:
         k = self.keys
         for _ in range(20):
             rec, rev = await self.get_task(task_id)
-            now = time.time()
+            now = self.clock.time()
             if rec.is_final:
                 raise Conflict(f"task {task_id} already ended {rec.state.value}; nothing to cancel")
             if rec.state in (TaskState.queued, TaskState.waiting, TaskState.held):
@@ -305,7 +307,7 @@ class TaskStore:
                 return None
             if rec.state != TaskState.running or rec.node != node_id:
                 return None
-            new = transitions.node_lost(rec, node_id, time.time())
+            new = transitions.node_lost(rec, node_id, self.clock.time())
             value = encode(new)
             lease = await self.kv.retention_lease() if new.is_final else 0
             ops = [put_op(k.task(task_id), value, lease), delete_op(k.cancel(node_id, task_id))]
