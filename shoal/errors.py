@@ -22,7 +22,6 @@ and how problems found in input are collected (`Problems`) and worded (`describe
         ├── SetupError           an attempt could not start (its cwd, stdin or command is missing)
         ├── FilterFailed         a stage's command exited non-zero (with the end of its stderr)
         ├── BadRecordsExceeded   a stage instance saw more malformed records than the flow tolerates
-        ├── LeaseLost            this node's etcd lease ended: its attempts are fenced
         └── StreamError          the flow data plane between stage instances
             ├── StreamBroken     a peer went away or sent something that is not a frame
             ├── UpstreamFailed   an upstream instance failed and said so
@@ -154,10 +153,6 @@ class FilterFailed(InternalError):
 
 
 class BadRecordsExceeded(InternalError):
-    pass
-
-
-class LeaseLost(InternalError):
     pass
 
 

@@ -8,6 +8,7 @@ import asyncio
 import logging
 import os
 
+from ..errors import SetupError
 from ..exec import attempt as run
 from ..exec.result import AttemptResult
 from ..logic.clock import SYSTEM_CLOCK, Clock
@@ -99,7 +100,7 @@ class Scheduler:
             else:
                 proc = run.start(record.spec, tid, n, self.log_dir, self.s.node_id,
                                  self.s.log_tail_bytes, self.s.kill_grace_s, self.base_env)
-        except run.SetupError as e:
+        except SetupError as e:
             reason = str(e)
         except OSError as e:  # e.g. the log disk is full
             reason = f"node {self.s.node_id} could not start it: {e}"
