@@ -9,7 +9,10 @@ import pytest
 
 import shoal
 from shoal.errors import InvalidSpec
-from shoal.flows.driver import FlowRun, classify
+from shoal.client.flows import check
+from shoal.flows.outcome import outcome_of
+from shoal.flows.run import FlowState
+from shoal.flows.state import Finish, InstanceEnded, RunState, StartAttempt, decide
 from shoal.flows.file import parse_flow
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -100,7 +103,7 @@ def test_missing_source_and_existing_sink_are_reported_before_any_task(tmp_path)
     spec, _ = parse_flow("name: x\nstages:\n  - name: a\n    read: nothing-here/*.txt\n    op: words\n"
                          "    write: out.tsv\n", str(tmp_path))
     with pytest.raises(InvalidSpec) as e:
-        FlowRun(None, spec, tmp_path).check()      # no cluster is needed to know
+        check(spec)      # no cluster is needed to know
     msg = str(e.value)
     assert "nothing-here/*.txt" in msg and "out.tsv" in msg and "overwrite: true" in msg
     assert (tmp_path / "out.tsv").read_text() == "old\n"
@@ -117,6 +120,21 @@ def test_fluent_api_builds_the_same_plan_as_the_yaml(tmp_path):
     from shoal.flows.plan import plan_or_raise
     plan = plan_or_raise(spec)
     assert plan.stages["read"].outputs[0].combine is not None
+
+
+def classify(records) -> tuple[str, object]:
+    """What the driver decides once these instance tasks have ended without writing an
+    outcome (their exit codes are the fallback): ("fail" | "restart", the record named)."""
+    who = {(f"s{i}", 0): r for i, r in enumerate(records)}
+    run, actions = RunState(run="r", state=FlowState.running, attempt=1, instances=tuple(who), restarts=2), []
+    for w, r in who.items():
+        run, more = decide(run, InstanceEnded(1, w, outcome_of(r, None)), now=0.0)
+        actions += more
+    last = actions[-1]
+    if isinstance(last, Finish):
+        return "fail", who[(last.failure.stage, 0)]
+    assert isinstance(last, StartAttempt)
+    return "restart", next(r for (stage, _), r in who.items() if last.restart.why.startswith(f"{stage}["))
 
 
 def test_a_lost_instance_restarts_but_its_own_failure_does_not():

@@ -16,6 +16,7 @@ import uvicorn
 from ..exec.attempt import use_guard
 from ..exec.guard import Guard
 from ..exec.pyworkers import WorkerPool
+from ..flows.coordinator import watch_runs
 from ..model import NodeInfo
 from ..settings import NodeSettings, StoreSettings
 from ..store.etcd import Store
@@ -124,6 +125,7 @@ class Node:
                 tg.create_task(self.roles.run())
                 tg.create_task(self._reconcile())
                 tg.create_task(self.feed.run())
+                tg.create_task(watch_runs(self.store, self.roles, self.feed))
                 tg.create_task(ProgressPublisher(self.scheduler, self.store).run())
                 api_task = tg.create_task(api.serve(sockets=[self._sock]))
                 if ready is not None:

@@ -23,6 +23,7 @@ from ..errors import Conflict, InvalidSpec, NotFound, StoreFull, StoreUnavailabl
 from ..model import NodeInfo, TaskRecord, TaskState
 from ..model.keys import Keys
 from ..logic import dag, transitions
+from .flows import Flows
 
 log = logging.getLogger("shoal.store")
 
@@ -148,6 +149,7 @@ class Store:
             "grpc.max_receive_message_length": 64 << 20,
         })
         self._retention: tuple[float, int] | None = None  # (expires_at, lease id)
+        self.flows = Flows(self)
 
     # -- connection ---------------------------------------------------------------
 
