@@ -192,3 +192,30 @@ def test_range_edge_needs_a_file_reading_sender_and_bounds_split_evenly():
     from shoal.flows.sampling import bounds
     keys = [f"k{i:03d}" for i in range(300)]
     assert bounds(keys, 3) == ["k100", "k200"] and bounds(keys, 1) == [] and bounds([], 4) == []
+
+
+def test_without_the_flows_extra_tasks_still_work_and_flows_say_what_to_install(tmp_path):
+    import os
+    import subprocess
+    import sys
+    shim = tmp_path / "shim"
+    for mod in ("polars", "pyarrow", "numpy"):    # as if the `flows` extra were not installed
+        (shim / mod).mkdir(parents=True)
+        (shim / mod / "__init__.py").write_text(f"raise ImportError('no module named {mod}')\n")
+    env = dict(os.environ, PYTHONPATH=str(shim), SHOAL_ADDRESS="http://127.0.0.1:9")
+    code = ("import sys, shoal.node.node, shoal.api.app, shoal.cli.main, shoal.client.flows\n"
+            "assert not {'polars', 'pyarrow', 'numpy', 'psycopg'} & set(sys.modules), sorted(sys.modules)\n")
+    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True).returncode == 0
+    p = subprocess.run([sys.executable, "-m", "shoal", "flow", "run", str(EXAMPLES / "wordcount.yaml")],
+                       env=env, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 1 and "pip install 'shoal[flows]'" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_instance_settings_are_read_once_from_what_the_node_hands_it():
+    from shoal.flows.instance import InstanceSettings
+    s = InstanceSettings.from_env({"SHOAL_ETCD": "http://a:2379,http://b:2379", "SHOAL_PREFIX": "/p/",
+                                   "SHOAL_DATA_HOST": "10.0.0.5", "SHOAL_FLOW_DIR": "/data/flow",
+                                   "SHOAL_NODE": "node-3", "SHOAL_SPILL_BYTES": "1000000"})
+    assert s == InstanceSettings(etcd=["http://a:2379", "http://b:2379"], prefix="/p/", data_host="10.0.0.5",
+                                 flow_dir="/data/flow", node="node-3", spill_bytes=1000000)
+    assert InstanceSettings.from_env({}) == InstanceSettings(etcd=["http://127.0.0.1:2379"])

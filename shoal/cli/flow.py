@@ -12,6 +12,7 @@ from rich.live import Live
 from rich.table import Table
 
 from ..errors import FlowCancelled, FlowFailed, InvalidSpec
+from ..client.flows import require_runtime
 from ..flows.file import load_flow
 from .common import client_for
 from .output import Output, console, err_console, print_json, state_text
@@ -124,6 +125,7 @@ def run(file: Path = typer.Argument(..., exists=True, dir_okay=False, help="The 
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No live status."),
         detach: bool = typer.Option(False, "--detach", "-d", help="Submit the run, print its id and return.")):
     spec, _ = _load(file)
+    require_runtime()    # before any cluster is started for it
     if detach:
         with client_for(address) as c:
             run_id = c.start_flow(spec, str(file.parent))

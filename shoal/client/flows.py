@@ -64,10 +64,17 @@ def client_link(plan: Plan, ttl_s: int = 10) -> ClientLink | None:
     return ClientLink(feeds=feeds, receives=receives, ttl_s=ttl_s) if feeds or receives else None
 
 
+def require_runtime() -> None:
+    """ShoalError saying what to install when this Python lacks the flows extra."""
+    from ..flows.extra import require
+    require()
+
+
 def check(spec: FlowSpec, items_given: bool | None = None) -> Plan:
     """The checks that need no cluster: the graph, the sources, the sinks."""
-    from ..flows.preflight import check_run
     plan = plan_or_raise(spec)
+    require_runtime()
+    from ..flows.preflight import check_run
     check_run(plan, items_given)
     return plan
 

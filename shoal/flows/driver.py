@@ -15,7 +15,7 @@ import logging
 import time
 from typing import AsyncContextManager, Callable, Protocol
 
-from ..errors import Conflict, FlowFailed, InvalidSpec, NotFound
+from ..errors import Conflict, FlowFailed, InvalidSpec, NotFound, ShoalError
 from ..model import TaskRecord, TaskSpec
 from ..model.ids import new_ids
 from .outcome import outcome_of
@@ -63,6 +63,8 @@ def instances_of(plan: Plan) -> list[Who]:
 
 
 def _prepare(plan: Plan) -> dict[str, list[str]]:
+    from .extra import require
+    require()   # a node without the flows extra fails the run saying what to install
     from .preflight import check_run, range_bounds
     check_run(plan)
     return range_bounds(plan)
@@ -153,6 +155,9 @@ class FlowDriver:
             bounds = await asyncio.to_thread(_prepare, self.plan)
         except InvalidSpec as e:
             self.events.put_nowait(Refused("\n".join(e.problems)))
+            return
+        except ShoalError as e:
+            self.events.put_nowait(Refused(str(e)))
             return
         except Exception as e:   # a source that cannot be sampled, a database away: the run's, not ours
             self.events.put_nowait(Refused(f"{type(e).__name__}: {e}"))
