@@ -32,7 +32,8 @@ async def _watch_runs(store, roles, feed: TaskFeed) -> None:
         if record.is_final:
             roles.remove(name)
         elif not roles.knows(name):
-            roles.add(name, FlowDriver(store, record.id, roles.node_id, feed).serve, once=True)
+            # a fresh driver each time the role is won: it starts from the record, nothing else
+            roles.add(name, lambda run=record.id: FlowDriver(store, run, roles.node_id, feed).serve(), once=True)
 
     async def snapshot() -> int:
         runs, rev = await store.flows.runs()
