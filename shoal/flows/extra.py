@@ -3,7 +3,7 @@ sinks) come with the `flows` extra, so a node or a client without them still run
 What needs them checks here first and says how to get them."""
 from __future__ import annotations
 
-import importlib
+import importlib.util
 
 from ..errors import ShoalError
 
@@ -14,9 +14,11 @@ RUNTIME = ("polars", "pyarrow", "numpy")
 def _missing(modules) -> list[str]:
     out = []
     for m in modules:
-        try:
-            importlib.import_module(m)
-        except ImportError:
+        try:   # found, not imported: a node or client checking stays light
+            found = importlib.util.find_spec(m) is not None
+        except (ImportError, ValueError):   # ValueError: blocked in sys.modules
+            found = False
+        if not found:
             out.append(m)
     return out
 

@@ -1,11 +1,11 @@
 """A run's checks before any instance starts (do the sources match files, are the sinks
 usable, does at most one stage write to stdout) and the sampling of range edges' key
-bounds. Blocking I/O (files, object stores, databases): call it from a thread."""
+bounds. Blocking I/O (files, object stores, databases): call it from a thread. Only the
+sampling needs polars, so only a run with a range edge loads it here."""
 from __future__ import annotations
 
 from ..errors import InvalidSpec
 from .plan import Plan
-from .sampling import bounds, sample_keys
 from .sinks import make_sink
 from .sources import expand
 
@@ -44,10 +44,11 @@ def check_run(plan: Plan, items_given: bool | None = None) -> None:
 
 def range_bounds(plan: Plan) -> dict[str, list[str]]:
     """For each range edge 'sender>receiver', the key cut points sampled from the sender's files."""
-    out = {}
+    out: dict[str, list[str]] = {}
     for st in plan.stages.values():
         for e in st.spec.edges:
             if e.edge == "range":
+                from .sampling import bounds, sample_keys
                 src = plan.stages[e.source].source
                 keys = sample_keys(src, e.key[0], plan.spec.separator)
                 out[f"{e.source}>{st.name}"] = bounds(keys, st.parallelism)
