@@ -5,27 +5,30 @@ from .errors import ShoalError, InvalidSpec, NotFound, Conflict, TooLarge, Store
 
 
 def connect(address: str | None = None, **kw):
-    """A sync client for the cluster at `address`; see shoal.client.aio.connect."""
-    from .client.aio import connect as _connect
+    """A sync client for the cluster at `address`; see shoal.client.connect.connect."""
+    from .client.connect import connect as _connect
     return _connect(address, **kw)
 
 
 def aconnect(address: str | None = None, **kw):
     """An async client; use as `async with shoal.aconnect() as c:`."""
-    from .client.aio import aconnect as _aconnect
+    from .client.connect import aconnect as _aconnect
     return _aconnect(address, **kw)
 
 
 def __getattr__(name: str):
-    # the function-task API loads cloudpickle; only pay for it when it is used
-    if name in ("task", "Future", "as_completed", "progress"):
+    # the SDK loads on first use (and the function-task API brings cloudpickle)
+    if name in ("task", "progress"):
         from .client import functions
         return getattr(functions, name)
+    if name in ("Future", "as_completed", "gather"):
+        from .client import futures
+        return getattr(futures, name)
     if name == "flow":
         from .flows.builder import flow
         return flow
     raise AttributeError(name)
 
 
-__all__ = ["flow", "task", "Future", "as_completed", "progress", "connect", "aconnect", "ShoalError", "InvalidSpec", "NotFound", "Conflict", "TooLarge",
+__all__ = ["flow", "task", "Future", "as_completed", "gather", "progress", "connect", "aconnect", "ShoalError", "InvalidSpec", "NotFound", "Conflict", "TooLarge",
            "StoreUnavailable", "TaskFailed", "__version__"]

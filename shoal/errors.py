@@ -7,6 +7,7 @@
     ├── TooLarge             a value over etcd's request limit, refused before sending
     ├── StoreUnavailable     etcd cannot be reached (says which address and what to try)
     │   └── StoreFull        etcd refuses writes: its database hit its space quota
+    ├── StoreCompacted       a read at a revision etcd has compacted away (read the present instead)
     ├── ClusterError         a local cluster could not be started or stopped
     ├── TaskFailed           wait() on a task that ended failed, when asked to raise
     ├── FlowFailed           a flow run ended failed (the message says which instance and why)
@@ -42,6 +43,10 @@ class StoreUnavailable(ShoalError):
 
 
 class StoreFull(StoreUnavailable):
+    pass
+
+
+class StoreCompacted(ShoalError):
     pass
 
 

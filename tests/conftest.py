@@ -18,7 +18,7 @@ import pytest
 
 from shoal.exec.daemon import spawn_daemon, stop
 from shoal.cluster.local import LocalCluster, _wait_http, free_port
-from shoal.store.etcd import Store
+from shoal.store import Store
 from shoal.store.server import EtcdConfig, find_etcd
 
 

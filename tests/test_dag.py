@@ -9,7 +9,8 @@ import pytest
 from shoal.errors import InvalidSpec
 from shoal.logic import dag, transitions
 from shoal.model import Attempt, TaskRecord, TaskSpec, TaskState, new_ids
-from shoal.store.etcd import Claim, Completion, Store
+from shoal.store import Store
+from shoal.store.tasks import Claim, Completion
 
 
 def rec(depends_on=(), **spec) -> TaskRecord:
@@ -19,55 +20,55 @@ def rec(depends_on=(), **spec) -> TaskRecord:
 
 async def run_to_end(store: Store, task_id: str, code: int) -> int:
     """Claim `task_id` on node n1 and complete it with `code`; return the commit revision."""
-    lease = await store.grant_lease(30)
-    kvs, _, _ = await store.get_prefix(store.keys.queues)
+    lease = await store.kv.grant_lease(30)
+    kvs, _, _ = await store.kv.get_prefix(store.keys.queues)
     kv = next(kv for kv in kvs if store.keys.id_of(kv.key) == task_id)
-    queued, _ = await store.get_task(task_id)
+    queued, _ = await store.tasks.get_task(task_id)
     running = transitions.start_attempt(queued, "n1", time.time())
-    res = await store.step("n1", lease, [], [Claim(task_id, running, kv.key, kv.mod_revision)])
+    res = await store.tasks.step("n1", lease, [], [Claim(task_id, running, kv.key, kv.mod_revision)])
     assert res.claimed == [True]
-    current, rev = await store.get_task(task_id)
+    current, rev = await store.tasks.get_task(task_id)
     a = Attempt(n=1, node="n1", state=TaskState.succeeded if code == 0 else TaskState.failed,
                 started_at=time.time(), finished_at=time.time(), exit_code=code)
     done = transitions.finish_attempt(current, a, {}, time.time())
-    out = await store.step("n1", lease, [Completion(done, rev, res.revision)], [])
+    out = await store.tasks.step("n1", lease, [Completion(done, rev, res.revision)], [])
     assert out.completed == [True]
     return out.revision
 
 
 async def queued_ids(store: Store) -> set[str]:
-    kvs, _, _ = await store.get_prefix(store.keys.queues)
+    kvs, _, _ = await store.kv.get_prefix(store.keys.queues)
     return {store.keys.id_of(kv.key) for kv in kvs}
 
 
 async def test_unknown_dependency_is_refused_and_nothing_is_written(store):
     r = rec(depends_on=["t-no-such"])
     with pytest.raises(InvalidSpec, match="depends_on: no task 't-no-such'"):
-        await store.submit([r])
-    assert await store._get_many([r.id]) == {}
+        await store.tasks.submit([r])
+    assert await store.tasks.get_many([r.id]) == {}
 
 
 async def test_dependent_waits_then_is_queued_in_the_same_txn_as_the_success(store):
     a = rec()
-    [a] = await store.submit([a])
-    [b] = await store.submit([rec(depends_on=[a.id])])
+    [a] = await store.tasks.submit([a])
+    [b] = await store.tasks.submit([rec(depends_on=[a.id])])
     assert b.state == TaskState.waiting and b.deps_left == 1
     assert b.id not in await queued_ids(store)
-    got_a, _ = await store.get_task(a.id)
+    got_a, _ = await store.tasks.get_task(a.id)
     assert got_a.dependents == [b.id]
     rev = await run_to_end(store, a.id, 0)
-    got_b, b_rev = await store.get_task(b.id)
+    got_b, b_rev = await store.tasks.get_task(b.id)
     assert got_b.state == TaskState.queued and b_rev == rev  # promoted by the very commit
     assert b.id in await queued_ids(store)
 
 
 async def test_failure_cascades_upstream_failed_through_the_graph(store):
-    [a] = await store.submit([rec()])
-    [b] = await store.submit([rec(depends_on=[a.id])])
-    [c] = await store.submit([rec(depends_on=[b.id])])
-    [tolerant] = await store.submit([rec(depends_on=[a.id], allow_failed_deps=True)])
+    [a] = await store.tasks.submit([rec()])
+    [b] = await store.tasks.submit([rec(depends_on=[a.id])])
+    [c] = await store.tasks.submit([rec(depends_on=[b.id])])
+    [tolerant] = await store.tasks.submit([rec(depends_on=[a.id], allow_failed_deps=True)])
     await run_to_end(store, a.id, 1)
-    got = {t: (await store.get_task(t))[0] for t in (b.id, c.id, tolerant.id)}
+    got = {t: (await store.tasks.get_task(t))[0] for t in (b.id, c.id, tolerant.id)}
     assert got[b.id].state == TaskState.upstream_failed and a.id in got[b.id].reason
     assert got[c.id].state == TaskState.upstream_failed and b.id in got[c.id].reason
     assert got[tolerant.id].state == TaskState.queued
@@ -75,36 +76,36 @@ async def test_failure_cascades_upstream_failed_through_the_graph(store):
 
 
 async def test_diamond_needs_both_parents(store):
-    [a] = await store.submit([rec()])
-    [b] = await store.submit([rec()])
-    [d] = await store.submit([rec(depends_on=[a.id, b.id])])
+    [a] = await store.tasks.submit([rec()])
+    [b] = await store.tasks.submit([rec()])
+    [d] = await store.tasks.submit([rec(depends_on=[a.id, b.id])])
     assert d.deps_left == 2
     await run_to_end(store, a.id, 0)
-    assert (await store.get_task(d.id))[0].state == TaskState.waiting
+    assert (await store.tasks.get_task(d.id))[0].state == TaskState.waiting
     await run_to_end(store, b.id, 0)
-    assert (await store.get_task(d.id))[0].state == TaskState.queued
+    assert (await store.tasks.get_task(d.id))[0].state == TaskState.queued
 
 
 async def test_state_at_submit_follows_finished_dependencies(store):
-    [ok] = await store.submit([rec()])
-    [bad] = await store.submit([rec()])
+    [ok] = await store.tasks.submit([rec()])
+    [bad] = await store.tasks.submit([rec()])
     await run_to_end(store, ok.id, 0)
     await run_to_end(store, bad.id, 2)
-    [after_ok] = await store.submit([rec(depends_on=[ok.id])])
-    [after_bad] = await store.submit([rec(depends_on=[bad.id])])
+    [after_ok] = await store.tasks.submit([rec(depends_on=[ok.id])])
+    [after_bad] = await store.tasks.submit([rec(depends_on=[bad.id])])
     assert after_ok.state == TaskState.queued and after_ok.id in await queued_ids(store)
     assert after_bad.state == TaskState.upstream_failed and after_bad.is_final
 
 
 async def test_cancelling_a_waiting_task_fails_its_dependents_upstream(store):
-    [a] = await store.submit([rec()])
-    [b] = await store.submit([rec(depends_on=[a.id])])
-    [c] = await store.submit([rec(depends_on=[b.id])])
-    got = await store.cancel(b.id)
+    [a] = await store.tasks.submit([rec()])
+    [b] = await store.tasks.submit([rec(depends_on=[a.id])])
+    [c] = await store.tasks.submit([rec(depends_on=[b.id])])
+    got = await store.tasks.cancel(b.id)
     assert got.state == TaskState.cancelled
-    assert (await store.get_task(c.id))[0].state == TaskState.upstream_failed
+    assert (await store.tasks.get_task(c.id))[0].state == TaskState.upstream_failed
     await run_to_end(store, a.id, 0)  # a finishing later does not revive b or c
-    assert (await store.get_task(b.id))[0].state == TaskState.cancelled
+    assert (await store.tasks.get_task(b.id))[0].state == TaskState.cancelled
 
 
 def test_initial_state_and_cycles():
@@ -116,6 +117,34 @@ def test_initial_state_and_cycles():
     assert dag.find_cycle({"a": ["b"], "b": ["c"], "c": ["a"]}) == ["a", "b", "c", "a"]
     assert dag.find_cycle({"a": ["b"], "b": [], "c": ["a", "b"]}) is None
     assert dag.find_cycle({str(i): [str(i + 1)] for i in range(5000)}) is None
+
+
+def test_cascade_wave_moves_only_the_dependents_that_change():
+    s, now = TaskState, 1000.0
+    a = rec().model_copy(update={"state": s.succeeded})
+    bad = rec().model_copy(update={"state": s.failed})
+    one_left = rec(depends_on=[a.id]).model_copy(update={"state": s.waiting, "deps_left": 1})
+    two_left = rec(depends_on=[a.id, bad.id]).model_copy(update={"state": s.waiting, "deps_left": 2})
+    tolerant = rec(depends_on=[bad.id], allow_failed_deps=True).model_copy(
+        update={"state": s.waiting, "deps_left": 1})
+    cancelled = rec(depends_on=[a.id]).model_copy(update={"state": s.cancelled})
+    a = a.model_copy(update={"dependents": [one_left.id, two_left.id, cancelled.id, "t-gone"]})
+    bad = bad.model_copy(update={"dependents": [two_left.id, tolerant.id]})
+    current = {r.id: r for r in (one_left, two_left, tolerant, cancelled)}
+
+    assert dag.cascades(a) and not dag.cascades(one_left)
+    assert dag.dependents_to_read([a, bad], seen={one_left.id}) == [two_left.id, cancelled.id, "t-gone",
+                                                                     tolerant.id]
+    changed = dag.cascade_wave([a, bad], current, now)
+    # a gone dependent is left alone, an ended one does not change, so neither is in the wave
+    assert list(changed) == [one_left.id, two_left.id, tolerant.id]
+    assert changed[one_left.id].state == s.queued and changed[one_left.id].deps_left == 0
+    # counted off for a, then failed upstream by bad: both frontier tasks apply in turn
+    assert changed[two_left.id].state == s.upstream_failed and changed[two_left.id].finished_at == now
+    assert changed[two_left.id].reason == f"dependency {bad.id} ended failed"
+    assert changed[tolerant.id].state == s.queued
+    assert dag.cascades(changed[two_left.id]) is False     # nothing waits on it: the cascade stops
+    assert dag.cascade_wave([a], {}, now) == {}
 
 
 @pytest.mark.cluster

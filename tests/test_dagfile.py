@@ -402,3 +402,61 @@ def test_a_failed_step_fails_its_dependents_upstream_and_the_run(make_cluster, t
     assert "failed (2 succeeded, 1 failed, 2 upstream_failed)" in table.stdout
     missing = shoal("dag", "status", "--address", cluster.address, "no-such-job")
     assert missing.returncode == 1 and missing.stderr.startswith("Error: no tasks in job 'no-such-job'")
+
+
+# -- from Python: client.run_dag --------------------------------------------------------------
+
+ORDER = """\
+name: order
+defaults:
+  env: {{LOG: "{log}"}}
+steps:
+  last:
+    command: echo last >> "$LOG"
+    after: [left, right]
+  first:
+    command: sleep 0.3; echo first >> "$LOG"
+  left:
+    command: echo left >> "$LOG"
+    after: first
+  right:
+    command: echo right >> "$LOG"
+    after: [first]
+"""
+
+
+@pytest.mark.cluster
+async def test_run_dag_from_python_in_order_and_a_bad_file_submits_nothing(make_cluster, tmp_path):
+    from shoal.client import aconnect, connect
+    cluster = make_cluster(nodes=1)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("steps:\n  a:\n    command: echo\n    after: [b]\n  c:\n")
+    log = tmp_path / "order.log"
+    good = tmp_path / "order.yaml"
+    good.write_text(ORDER.format(log=log))
+    with connect(cluster.address) as c:
+        with pytest.raises(InvalidSpec) as e:
+            c.run_dag(bad)
+        assert e.value.problems == [
+            "line 4: steps.a.after: no step 'b' (steps: a, c)",
+            "line 5: steps.c: empty step (give it at least a command: `command: echo hi`)"]
+        assert c.list(limit=100) == []                    # nothing was submitted
+
+        run = c.run_dag(str(good), wait=True, timeout=120)
+        assert run.ok and re.fullmatch(r"order-[0-9a-z]{6}", run.job)
+        assert list(run.ids) == ["first", "left", "right", "last"]  # dependency order
+        assert list(run.records) == list(run.ids)
+        assert all(r.state.value == "succeeded" and r.spec.job == run.job for r in run.records.values())
+        assert run.records["last"].spec.depends_on == [run.ids["left"], run.ids["right"]]
+        lines = log.read_text().split()
+        assert lines[0] == "first" and lines[-1] == "last" and sorted(lines[1:3]) == ["left", "right"]
+        recs = run.records
+        for before, after in (("first", "left"), ("first", "right"), ("left", "last"), ("right", "last")):
+            assert recs[after].started_at >= recs[before].finished_at - 0.01
+        assert sorted(r.id for r in c.list(job=run.job)) == sorted(run.ids.values())
+
+    async with aconnect(cluster.address) as ac:           # the async client, without waiting
+        started = await ac.run_dag(good, job="order-mine")
+        assert started.job == "order-mine" and started.records == {} and not started.ok
+        done = await ac.wait(list(started.ids.values()), timeout=120)
+        assert [r.state.value for r in done] == ["succeeded"] * 4

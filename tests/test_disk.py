@@ -12,7 +12,7 @@ import pytest
 import shoal
 from shoal.errors import StoreFull
 from shoal.model import TaskRecord, TaskSpec, new_ids
-from shoal.store.etcd import Store
+from shoal.store import Store
 from shoal.store.server import EtcdConfig
 
 from conftest import EtcdProcess
@@ -36,9 +36,9 @@ async def test_etcd_out_of_space_is_a_clear_error_and_changes_nothing(tmp_path):
             for _ in range(200):
                 recs = [TaskRecord(id=i, spec=TaskSpec(command=["true"], env=payload), submitted_at=time.time())
                         for i in new_ids(1)]
-                await store.submit(recs)
+                await store.tasks.submit(recs)
         # the refused task is not there, and reads still work
-        found, _ = await store.get_tasks([recs[0].id])
+        found, _ = await store.tasks.get_tasks([recs[0].id])
         assert found == {}
     finally:
         await store.close()

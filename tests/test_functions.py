@@ -8,6 +8,7 @@ py_modules=[this module]. One test builds a module the nodes cannot see and chec
 error a user gets without py_modules, and that py_modules or working_dir fix it."""
 from __future__ import annotations
 
+import gc
 import hashlib
 import importlib
 import os
@@ -25,7 +26,7 @@ import psutil
 import pytest
 
 import shoal
-from shoal.errors import InvalidSpec, NotFound, TaskFailed
+from shoal.errors import InvalidSpec, NotFound, ShoalError, TaskFailed
 from shoal.cluster.local import LocalCluster
 
 HERE = sys.modules[__name__]
@@ -462,6 +463,92 @@ def test_release_through_the_node_without_the_result(c, shared):
         shoal.Future(c2, big.id).release()
     with pytest.raises(NotFound):
         big.result()
+
+
+# -- 5b. futures bound to their client, sync and async -----------------------------------------
+
+def _drop_big_result(fn_submit) -> str:
+    """Submit a big-result task, read its value, drop its only future; the task id."""
+    big = fn_submit()
+    value = big.result(timeout=WAIT_S)
+    assert value == _pattern(100_000, 11)
+    tid = big.id
+    del big, value
+    gc.collect()
+    return tid
+
+
+@pytest.mark.cluster
+def test_each_future_goes_through_the_client_that_made_it(c, make_cluster):
+    other = make_cluster(nodes=1)
+    fa = square.submit(5)                          # c is current (the fixture's `with`)
+    with shoal.connect(other.address) as b:
+        assert shoal.client.current_client() is b
+        fb = square.submit(6)
+        assert fa.client is c and fb.client is b
+        # b's cluster has never heard of fa's task: a hit there would be NotFound
+        value = fa.result(timeout=WAIT_S)
+        assert value == 25
+        assert b.gather([fb, fa]) == [36, 25] and shoal.gather([fa, fb]) == [25, 36]
+        assert {f.id for f in shoal.as_completed([fb], timeout=WAIT_S)} == {fb.id}
+        with c.as_current():
+            assert square.submit(7).client is c
+        unsettled = square.submit(8)
+        assert unsettled.client is b
+        # a dropped future's result is freed by its own client, at that client's next submission
+        with c.as_current():
+            tid_c = _drop_big_result(lambda: blob.submit(100_000, 11))
+        tid_b = _drop_big_result(lambda: blob.submit(100_000, 11))
+        square.submit(1)                               # b's submission frees b's dropped result only
+        with pytest.raises(NotFound):
+            b.fetch_result(b.get(tid_b))
+        assert c.fetch_result(c.get(tid_c)) == _pattern(100_000, 11)
+        with c.as_current():
+            square.submit(1)                           # now c frees its own
+        with pytest.raises(NotFound):
+            c.fetch_result(c.get(tid_c))
+    assert shoal.client.current_client() is c         # the outer client again
+    assert fb.result() == 36                           # settled: its value stays with it
+    with pytest.raises(ShoalError, match="closed"):
+        unsettled.result()
+
+
+@pytest.mark.cluster
+async def test_futures_of_the_async_client_are_awaited(c, shared):
+    with c.as_current():
+        from_sync = square.submit(4)
+    async with shoal.aconnect(shared.address) as ac:
+        assert shoal.client.current_client() is ac
+        f = await square.asubmit(3)
+        assert f.client is ac and f.is_async
+        assert await f == 9 and await f.aresult(timeout=WAIT_S) == 9
+        assert (await f.arecord()).state.value == "succeeded" and await f.aexception() is None
+        fs = await square.amap(range(6))
+        assert await ac.gather(fs) == [i * i for i in range(6)]
+        assert await shoal.client.agather([fs[2], from_sync]) == [4, 16]   # each through its own client
+        assert await (await total.asubmit(fs)) == 55  # futures as arguments: a DAG
+        seen = [g.id async for g in ac.as_completed(fs, timeout=WAIT_S)]
+        assert sorted(seen) == sorted(x.id for x in fs)
+        assert await from_sync == 16                   # a sync client's future, awaited in a thread
+        with pytest.raises(ShoalError, match="asubmit"):
+            square.submit(1)
+        with pytest.raises(ShoalError, match="await"):
+            f.result()
+        bad = await fail_with.asubmit("async oops")
+        with pytest.raises(TaskFailed) as failed:
+            await bad
+        assert failed.value.remote_message == "async oops"
+        # a dropped future's result is freed at the async client's next submission
+        big = await blob.asubmit(100_000, 12)
+        value = await big
+        assert value == _pattern(100_000, 12)
+        tid = big.id
+        del big, value
+        gc.collect()
+        await square.asubmit(1)
+        with pytest.raises(NotFound):
+            await ac.fetch_result(await ac.get(tid))
+    assert shoal.client.current_client() is c
 
 
 # -- 6. bad input ----------------------------------------------------------------------------------

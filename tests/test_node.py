@@ -112,7 +112,7 @@ def test_node_that_loses_its_lease_kills_its_attempts_and_registers_again(make_c
     import asyncio
     import os
 
-    from shoal.store.etcd import Store
+    from shoal.store import Store
     cluster = make_cluster(nodes=1, lease_ttl_s=3)
     pids = tmp_path / "pids"
     with shoal.connect(cluster.address) as c:
@@ -124,7 +124,7 @@ def test_node_that_loses_its_lease_kills_its_attempts_and_registers_again(make_c
         async def revoke():
             store = Store([cluster.state()["etcd"]["url"]])
             try:
-                await store.revoke_lease(old_lease)
+                await store.kv.revoke_lease(old_lease)
             finally:
                 await store.close()
         asyncio.run(revoke())

@@ -68,7 +68,7 @@ def create_app(node) -> FastAPI:
                   "schema": TaskSpec.model_json_schema()}}, "required": True}})
     async def submit(spec: dict = Body(...)):
         """Submit one task. Returns its record (state queued)."""
-        records = await store.submit(records_for([spec], None))
+        records = await store.tasks.submit(records_for([spec], None))
         return ojson(records[0].summary(), 201)
 
     @app.post("/v1/tasks/batch", status_code=201, tags=["tasks"])
@@ -76,12 +76,12 @@ def create_app(node) -> FastAPI:
         """Submit many tasks at once (validated together: all or none). Returns their ids in order."""
         if not tasks:
             raise InvalidSpec(["tasks: empty (give at least one task)"])
-        records = await store.submit(records_for(tasks, job, batch=True))
+        records = await store.tasks.submit(records_for(tasks, job, batch=True))
         return ojson({"ids": [r.id for r in records], "job": job}, 201)
 
     @app.get("/v1/tasks/{task_id}", tags=["tasks"])
     async def get(task_id: str):
-        rec, _ = await store.get_task(task_id)
+        rec, _ = await store.tasks.get_task(task_id)
         return ojson(rec.summary())
 
     @app.get("/v1/tasks", tags=["tasks"])
@@ -96,21 +96,21 @@ def create_app(node) -> FastAPI:
             return ((state is None or r.state == state) and (name is None or r.spec.name == name)
                     and (job is None or r.spec.job == job) and (team is None or r.spec.team == team)
                     and (node is None or r.node == node))
-        records, cursor = await store.list_tasks(limit, before, match)
+        records, cursor = await store.tasks.list_tasks(limit, before, match)
         return ojson({"tasks": [r.summary() for r in records], "next": cursor})
 
     @app.post("/v1/tasks/{task_id}/cancel", tags=["tasks"])
     async def cancel(task_id: str, unstarted_only: bool = False):
         """Cancel a task: a queued one at once, a running one by killing its process group.
         `unstarted_only=true` leaves a task whose process has started alone (--halt soon)."""
-        rec = await store.cancel(task_id, unstarted_only)
+        rec = await store.tasks.cancel(task_id, unstarted_only)
         return ojson(rec.summary())
 
     @app.get("/v1/nodes", tags=["cluster"])
     async def nodes():
         now = time.time()
         out = []
-        for n in await store.nodes():
+        for n in await store.nodes.nodes():
             d = n.model_dump()
             d["heartbeat_age_s"] = round(max(0.0, now - n.heartbeat_at), 2)
             out.append(d)

@@ -81,7 +81,7 @@ async def get_run(request: Request, run: str):
     stats = await flows.get_stats(run, attempt) if attempt else {}
     outcomes = await flows.get_outcomes(run, attempt) if attempt else {}
     ids = [t for ids in record.tasks.values() for t in ids]
-    tasks, _ = await node.store.get_tasks(ids) if ids else ({}, 0)
+    tasks, _ = await node.store.tasks.get_tasks(ids) if ids else ({}, 0)
     stages = []
     for stage, stage_ids in record.tasks.items():
         instances = []
@@ -148,7 +148,7 @@ async def cancel(request: Request, run: str):
     for ids in record.tasks.values():
         for tid in ids:
             try:
-                await node.store.cancel(tid)
+                await node.store.tasks.cancel(tid)
                 cancelled += 1
             except (Conflict, NotFound):
                 pass

@@ -23,7 +23,7 @@ async def logs(request: Request, task_id: str, stream: Literal["stdout", "stderr
     """The output of a task's attempt (the latest by default). `follow=true` keeps the
     stream open until the task ends, like `tail -f`."""
     node = request.app.state.node
-    rec, _ = await node.store.get_task(task_id)
+    rec, _ = await node.store.tasks.get_task(task_id)
     n = attempt or rec.attempt
     if n < 1:
         if not follow:
@@ -39,7 +39,7 @@ async def logs(request: Request, task_id: str, stream: Literal["stdout", "stderr
         return StreamingResponse(_read_file(node, task_id, path, follow, n), media_type="text/plain")
     if local:
         raise NotFound(f"attempt {n} of task {task_id} did not run on node {node.s.node_id}")
-    other = await node.store.node(holder)
+    other = await node.store.nodes.node(holder)
     if other is None:
         text = rec.stdout_tail if stream == "stdout" else rec.stderr_tail
         return StreamingResponse(iter([text.encode()]), media_type="text/plain",
@@ -50,7 +50,7 @@ async def logs(request: Request, task_id: str, stream: Literal["stdout", "stderr
 
 async def _wait_started(node, task_id: str):
     while True:
-        rec, _ = await node.store.get_task(task_id)
+        rec, _ = await node.store.tasks.get_task(task_id)
         if rec.attempt >= 1 or rec.is_final:
             return rec
         await asyncio.sleep(0.2)
@@ -76,7 +76,7 @@ async def _read_file(node, task_id: str, path, follow: bool, n: int):
         # ended only every second of quiet
         idle += 1
         if idle % 10 == 0:
-            rec, _ = await node.store.get_task(task_id)
+            rec, _ = await node.store.tasks.get_task(task_id)
             if rec.attempt != n or rec.is_final or rec.state.value == "queued":
                 with open(path, "rb") as f:
                     f.seek(pos)

@@ -21,7 +21,7 @@ CHUNK = 1 << 20
 async def get_result(request: Request, task_id: str, local: bool = False):
     """The pickled return value of a succeeded function task (application/octet-stream)."""
     node = request.app.state.node
-    rec, _ = await node.store.get_task(task_id)
+    rec, _ = await node.store.tasks.get_task(task_id)
     if rec.state.value != "succeeded" or not rec.spec.is_function:
         raise Conflict(f"task {task_id} has no result: it is a {'function' if rec.spec.is_function else 'command'}"
                        f" task in state {rec.state.value}")
@@ -36,7 +36,7 @@ async def get_result(request: Request, task_id: str, local: bool = False):
                                  headers={"Content-Length": str(os.path.getsize(path))})
     if local:
         raise NotFound(f"the result of {task_id} is not on node {node.s.node_id}")
-    holder = await node.store.node(ref.get("node", ""))
+    holder = await node.store.nodes.node(ref.get("node", ""))
     if holder is None:
         raise NotFound(f"the result of {task_id} was kept on node {ref.get('node')}, which is gone; "
                        "run the task again (results that must outlive nodes belong in storage)")
@@ -71,12 +71,12 @@ async def release_result(request: Request, task_id: str, local: bool = False, fo
     """Free a big result's file on the node that holds it (small ones go with the record).
     Kept while a dependent task that has not ended yet still needs it (unless force)."""
     node = request.app.state.node
-    rec, _ = await node.store.get_task(task_id)
+    rec, _ = await node.store.tasks.get_task(task_id)
     ref = rec.result_ref or {}
     if not ref:
         return {"released": False}
     if rec.dependents and not force and not local:
-        waiting, _ = await node.store.get_task_values(rec.dependents)
+        waiting, _ = await node.store.tasks.get_task_values(rec.dependents)
         if any(orjson.loads(v)["state"] not in _FINAL_NAMES for v in waiting.values()):
             return {"released": False, "reason": "a dependent task that has not ended still needs it"}
     if ref.get("node") == node.s.node_id:
@@ -87,7 +87,7 @@ async def release_result(request: Request, task_id: str, local: bool = False, fo
             return {"released": False}
     if local:
         raise NotFound(f"the result of {task_id} is not on node {node.s.node_id}")
-    holder = await node.store.node(ref.get("node", ""))
+    holder = await node.store.nodes.node(ref.get("node", ""))
     if holder is None:
         return {"released": False}
     async with httpx.AsyncClient(timeout=30) as client:
@@ -115,13 +115,13 @@ async def delete_job(request: Request, job: str):
     """Delete a job: cancel what has not ended, free its results, remove its tasks."""
     node = request.app.state.node
     store = node.store
-    records, _ = await store.list_tasks(limit=100000, match=lambda r: r.spec.job == job)
+    records, _ = await store.tasks.list_tasks(limit=100000, match=lambda r: r.spec.job == job)
     if not records:
         raise NotFound(f"no tasks in job {job!r}")
     for rec in records:
         if not rec.is_final:
             try:
-                await store.cancel(rec.id)
+                await store.tasks.cancel(rec.id)
             except Conflict:
                 pass
     freed = 0
@@ -129,5 +129,5 @@ async def delete_job(request: Request, job: str):
         if rec.result_ref:
             out = await release_result(request, rec.id, force=True)
             freed += bool(out.get("released"))
-    await store.delete_tasks([r.id for r in records])
+    await store.tasks.delete_tasks([r.id for r in records])
     return {"job": job, "deleted": len(records), "results_freed": freed}

@@ -7,8 +7,8 @@ from fastapi.responses import StreamingResponse
 
 from ..model import FINAL_STATES
 from ..model.task import summarize
-from ..store.etcd import WatchReset
-from ..store.etcd import decode
+from ..store.kv import WatchReset
+from ..store.records import decode
 
 router = APIRouter(tags=["events"])
 _FINAL_NAMES = frozenset(s.value for s in FINAL_STATES)
@@ -25,11 +25,11 @@ async def events(request: Request, job: str | None = None, task: str | None = No
     """Every task change (optionally only of one job, one task, or into one state) from
     revision `since` (default: now) on, as NDJSON: {"revision", "task"}."""
     store = request.app.state.node.store
-    start = since if since is not None else await store.revision() + 1
+    start = since if since is not None else await store.kv.revision() + 1
 
     async def gen():
         yield _line({"type": "hello", "revision": start - 1})
-        async for batch in store.watch(store.keys.tasks, start):
+        async for batch in store.kv.watch(store.keys.tasks, start):
             if isinstance(batch, WatchReset):
                 yield _line({"type": "reset", "revision": batch.revision})
                 continue
@@ -57,7 +57,7 @@ async def wait(request: Request, ids: list[str] = Body(..., embed=True)):
 
     async def gen():
         async with feed.subscribe(ids) as updates:
-            found, _ = await store.get_task_values(ids)
+            found, _ = await store.tasks.get_task_values(ids)
             left = set(ids)
             out = []
             for tid in ids:
@@ -82,7 +82,7 @@ async def wait(request: Request, ids: list[str] = Body(..., embed=True)):
                 out = []
                 for item in items:
                     if isinstance(item, WatchReset):
-                        found, _ = await store.get_tasks(sorted(left))
+                        found, _ = await store.tasks.get_tasks(sorted(left))
                         recs = [r.summary() for r in found.values() if r.is_final]
                     elif any(m in item for m in _FINAL_MARKS):
                         recs = [orjson.loads(item)]

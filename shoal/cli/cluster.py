@@ -5,7 +5,6 @@ import asyncio
 import logging
 import math
 import os
-import socket
 import time
 from pathlib import Path
 from typing import Optional
@@ -87,7 +86,7 @@ def register(app: typer.Typer) -> None:
         """Run a node in the foreground: join the etcd cluster, serve the HTTP API, claim
         and run tasks. Stop it with SIGTERM or Ctrl-C (running attempts are killed and
         run again elsewhere)."""
-        from ..node.node import Node
+        from ..api.server import serve_node  # node + API: loaded only by this command
         logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                             format="%(asctime)s %(name)s %(levelname)s %(message)s")
         n_cpus = cpus if cpus is not None else float(os.cpu_count() or 1)
@@ -113,7 +112,7 @@ def register(app: typer.Typer) -> None:
             api_host=api_host, api_port=api_port, lease_ttl_s=lease_ttl, max_retries=max_retries)
         store = StoreSettings(endpoints=[e.strip() for e in etcd.split(",") if e.strip()], prefix=prefix,
                               retention_s=_duration_s(retention, "--retention"))
-        asyncio.run(_serve(settings, store))
+        asyncio.run(serve_node(settings, store))
 
     @app.command()
     def nodes(address: Optional[str] = typer.Option(None, envvar="SHOAL_ADDRESS", help="Any node's API URL."),
@@ -134,13 +133,3 @@ def register(app: typer.Typer) -> None:
                       f"{format_size(n['free_memory'])}/{format_size(n['memory'])}",
                       f"{n['free_slots']}/{n['slots']}", str(n["running"]), f"{n['heartbeat_age_s']:.1f}s ago")
         console.print(t)
-
-
-async def _serve(settings: NodeSettings, store: StoreSettings) -> None:
-    from ..node.node import Node
-    node = Node(settings, store)
-    node.bind()
-    if not settings.node_id:
-        settings.node_id = f"{socket.gethostname()}-{node.api_url.rsplit(':', 1)[1]}"
-    print(f"shoal node {settings.node_id}: API {node.api_url}, etcd {', '.join(store.endpoints)}", flush=True)
-    await node.serve()

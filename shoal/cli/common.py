@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 
-from ..client.aio import Client, connect
+from ..client import Client, connect
 from ..errors import ClusterError
 from ..cluster.local import LocalCluster
 from ..settings import shoal_home

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 import sys
 import time
 from contextlib import nullcontext
@@ -28,7 +27,8 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from ..errors import InvalidSpec, NotFound, ShoalError
+from ..client.dag import job_id, load_dag
+from ..errors import InvalidSpec, NotFound
 from ..cluster.local import LocalCluster
 from ..model import FINAL_STATES, TaskRecord, TaskState
 from ..settings import shoal_home
@@ -63,9 +63,8 @@ depends_on are set by the DAG. Every problem is reported at once, with its line.
 """
 
 if TYPE_CHECKING:
-    from ..logic.dagfile import Dag
+    from ..client.dag import Dag
 
-_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
 _TASK_ID = re.compile(r"\bt[0-9a-z]{18}\b")
 
 app = typer.Typer(name="dag", no_args_is_help=True, rich_markup_mode="rich",
@@ -76,30 +75,9 @@ def register(parent: typer.Typer) -> None:
     parent.add_typer(app, name="dag")
 
 
-def job_id(name: str) -> str:
-    """A new job id for one run of the DAG `name`."""
-    return f"{name}-" + "".join(secrets.choice(_ALPHABET) for _ in range(6))
-
-
-def load(path: Path) -> Dag:
-    """The DAG in `path`; InvalidSpec with every problem when it is not valid."""
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as e:
-        raise InvalidSpec([f"cannot read the file: {getattr(e, 'strerror', None) or e}"]) from None
-    try:  # imported here: every other command (and the nodes) must work without PyYAML
-        from ..logic.dagfile import parse_dag
-    except ModuleNotFoundError as e:
-        if e.name != "yaml":
-            raise
-        raise ShoalError("shoal dag needs PyYAML to read DAG files: pip install pyyaml") from None
-    stem = re.sub(r"[^A-Za-z0-9_.-]", "-", path.stem).lstrip(".-") or "dag"
-    return parse_dag(text, default_name=stem, base_dir=str(path.resolve().parent))
-
-
 def _load_or_exit(path: Path, output: Output) -> Dag:
     try:
-        return load(path)
+        return load_dag(path)
     except InvalidSpec as e:
         if output == Output.json:
             print_json({"file": str(path), "ok": False, "problems": e.problems})
@@ -229,7 +207,8 @@ def run(file: Path = typer.Argument(..., exists=True, dir_okay=False, help="The 
     dag = _load_or_exit(file, output)
     job = job_id(dag.name)
     with client_for(address, embedded=wait) as c:
-        ids = _submit(c, dag, job)
+        # steps go in layer by layer; if that stops part way, those already in are cancelled
+        ids = c.run_dag(dag, job=job, on_stopped=lambda note: print(note, file=sys.stderr)).ids
         if output == Output.table:
             console.print(f"job [bold]{job}[/]", highlight=False)
             t = Table(show_edge=False, header_style="bold")
@@ -267,29 +246,6 @@ def run(file: Path = typer.Argument(..., exists=True, dir_okay=False, help="The 
 def _embedded(address: str | None) -> bool:
     """Whether client_for(address, embedded=True) started a cluster just for this command."""
     return not (address or os.environ.get("SHOAL_ADDRESS") or LocalCluster(shoal_home()).running())
-
-
-def _submit(c, dag: Dag, job: str) -> dict[str, str]:
-    """Submit the steps layer by layer; step name -> task id. On any failure the steps
-    already submitted are cancelled (best effort) before the error goes on."""
-    ids: dict[str, str] = {}
-    try:
-        for layer in dag.layers():
-            got = c.submit_many([s.task(job, ids) for s in layer], job=job)
-            ids.update(zip((s.name for s in layer), got))
-    except BaseException:
-        if ids:
-            left = []
-            for tid in ids.values():
-                try:
-                    c.cancel(tid)
-                except (ShoalError, OSError):
-                    left.append(tid)
-            print(f"submitting stopped part way: cancelled the {len(ids) - len(left)} step(s) of job {job} "
-                  "already submitted" + (f" (could not cancel {', '.join(left)})" if left else ""),
-                  file=sys.stderr)
-        raise
-    return ids
 
 
 def _follow(c, board: Board, output: Output) -> None:

@@ -12,8 +12,7 @@ from rich.live import Live
 from rich.table import Table
 
 from ..errors import FlowCancelled, FlowFailed, InvalidSpec
-from ..client.flows import require_runtime
-from ..flows.file import load_flow
+from ..client.flows import load_flow, require_runtime
 from .common import client_for
 from .output import Output, console, err_console, print_json, state_text
 

@@ -12,7 +12,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from ..errors import InvalidSpec
-from ..logic.template import as_command, combine, fill
+from ..client.template import as_command, combine, fill
 from ..model import TaskState, new_ids
 from .common import client_for
 from .output import Output, err_console, print_json

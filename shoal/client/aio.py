@@ -1,20 +1,14 @@
-"""The SDK: an async client over any node's HTTP API, and a thin sync wrapper that runs
-the same async methods on a private event loop thread."""
+"""The async client: every route of a node's HTTP API as a method, the futures it made
+(their results freed when the last one is dropped), and DAG files run from Python."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import collections
 import contextlib
-import functools
-import inspect
-import os
-import queue
 import re
-import tempfile
 import weakref
 from pathlib import Path
-from typing import Any, AsyncIterator, Iterable
+from typing import TYPE_CHECKING, Any, AsyncIterator, Iterable
 
 import anyio
 import httpx
@@ -22,10 +16,14 @@ import orjson
 
 from .. import errors
 from ..errors import InvalidSpec, ShoalError
-from ..cluster.local import LocalCluster
 from ..logic.template import as_command, combine, fill
 from ..model import TaskRecord, TaskSpec
-from ..settings import shoal_home
+from . import current
+from .results import inline_result, is_inline, load_result
+
+if TYPE_CHECKING:
+    from ..logic.dagfile import Dag
+    from .dag import DagRun
 
 _ERRORS = {cls.__name__: cls for cls in (errors.InvalidSpec, errors.NotFound, errors.Conflict,
                                          errors.TooLarge, errors.StoreUnavailable, errors.StoreFull)}
@@ -65,23 +63,46 @@ class AsyncClient:
 
     def __init__(self, address: str, timeout_s: float = 30.0):
         self.address = address.rstrip("/")
+        self.cluster_id: str | None = None  # learnt by open(); futures of another cluster are refused
         # plain http needs no certificate store (loading one costs ~50 ms per client)
         # retries=1: a kept-alive connection the node closed meanwhile is dialled again
         self._http = httpx.AsyncClient(base_url=self.address, timeout=httpx.Timeout(timeout_s),
                                        limits=httpx.Limits(max_connections=32),
                                        transport=httpx.AsyncHTTPTransport(
                                            retries=1, verify=self.address.startswith("https:")))
+        self._future_refs: collections.Counter = collections.Counter()
+        self._unreferenced: list[str] = []
+        self._entered: list = []  # tokens of the `async with` blocks that made this client current
+
+    async def open(self) -> "AsyncClient":
+        """Check that the node answers and learn which cluster it belongs to."""
+        self.cluster_id = (await self.health()).get("cluster")
+        return self
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        try:
+            await self.release_unreferenced()
+        finally:
+            await self._http.aclose()
 
     async def __aenter__(self):
+        """Open the client and make it current: `@shoal.task` functions submit through it."""
+        await self.open()
+        self._entered.append(current.enter(self))
         return self
 
     async def __aexit__(self, *exc):
+        current.leave(self._entered.pop(), self)
         await self.aclose()
 
-    async def _json(self, method: str, path: str, **kw) -> Any:
+    def as_current(self):
+        """`with c.as_current():` submits `@shoal.task` functions through `c` in the block,
+        without closing it at the end."""
+        return current.using(self)
+
+    async def request_json(self, method: str, path: str, **kw) -> Any:
+        """One request to the API; the decoded JSON body, or the ShoalError it stands for.
+        Keywords go to httpx (json=, params=, timeout=)."""
         try:
             resp = await self._http.request(method, path, **kw)
         except httpx.TransportError as e:
@@ -102,17 +123,20 @@ class AsyncClient:
         """Submit one task: `command` as an argv list or a shell string, plus any
         TaskSpec field (env, cwd, stdin, cpus, memory, retries, timeout, name, ...)."""
         data = self._spec(command, fields)
-        return TaskRecord.model_validate(await self._json("POST", "/v1/tasks", json=data))
+        await self.release_unreferenced()
+        return TaskRecord.model_validate(await self.request_json("POST", "/v1/tasks", json=data))
 
     async def submit_many(self, specs: Iterable[dict | TaskSpec], job: str | None = None,
                           chunk: int = 1000) -> list[str]:
         """Submit many tasks; returns their ids in order. Each chunk is all-or-nothing."""
         rows = [s.model_dump(mode="json", exclude_defaults=True) if isinstance(s, TaskSpec) else s for s in specs]
         check_specs(rows)
+        await self.release_unreferenced()
         ids: list[str] = []
         for i in range(0, len(rows), chunk):
             try:
-                body = await self._json("POST", "/v1/tasks/batch", json={"tasks": rows[i:i + chunk], "job": job})
+                body = await self.request_json("POST", "/v1/tasks/batch",
+                                               json={"tasks": rows[i:i + chunk], "job": job})
             except InvalidSpec as e:  # the server counts within the chunk: name the index in `specs`
                 err = InvalidSpec([re.sub(r"^tasks\[(\d+)\]", lambda m: f"tasks[{i + int(m.group(1))}]", p)
                                    for p in e.problems]
@@ -149,7 +173,8 @@ class AsyncClient:
                         pending -= len(specs) - i
                         results.put_nowait(None)
                         return
-                    body = await self._json("POST", "/v1/tasks/batch", json={"tasks": specs[i:i + chunk], "job": job})
+                    body = await self.request_json("POST", "/v1/tasks/batch",
+                                                   json={"tasks": specs[i:i + chunk], "job": job})
                     if on_submitted:
                         on_submitted(body["ids"])
                     tg.start_soon(follow, body["ids"])
@@ -164,12 +189,12 @@ class AsyncClient:
                 yield item
 
     async def get(self, task_id: str) -> TaskRecord:
-        return TaskRecord.model_validate(await self._json("GET", f"/v1/tasks/{task_id}"))
+        return TaskRecord.model_validate(await self.request_json("GET", f"/v1/tasks/{task_id}"))
 
     async def cancel(self, task_id: str, unstarted_only: bool = False) -> TaskRecord:
         """Cancel a task; with unstarted_only=True only if its process has not started."""
         params = {"unstarted_only": "true"} if unstarted_only else None
-        return TaskRecord.model_validate(await self._json("POST", f"/v1/tasks/{task_id}/cancel", params=params))
+        return TaskRecord.model_validate(await self.request_json("POST", f"/v1/tasks/{task_id}/cancel", params=params))
 
     async def list(self, state: str | None = None, name: str | None = None, job: str | None = None,
                    team: str | None = None, node: str | None = None, limit: int = 100,
@@ -177,7 +202,7 @@ class AsyncClient:
         """Tasks, newest first, filtered."""
         params = {k: v for k, v in dict(state=state, name=name, job=job, team=team, node=node,
                                         limit=limit, before=before).items() if v is not None}
-        body = await self._json("GET", "/v1/tasks", params=params)
+        body = await self.request_json("GET", "/v1/tasks", params=params)
         return [TaskRecord.model_validate(t) for t in body["tasks"]]
 
     async def as_finished(self, ids: list[str], timeout: float | None = None) -> AsyncIterator[TaskRecord]:
@@ -229,10 +254,15 @@ class AsyncClient:
                 yield text
 
     async def events(self, job: str | None = None, task: str | None = None,
-                     since: int | None = None) -> AsyncIterator[dict]:
-        params = {k: v for k, v in dict(job=job, task=task, since=since).items() if v is not None}
+                     since: int | None = None, state: str | None = None) -> AsyncIterator[dict]:
+        """Every task change (only of one job, one task, or into one state) from etcd
+        revision `since` (default: now) on: {"type": "hello" | "task" | "reset", ...}."""
+        params = {k: v for k, v in dict(job=job, task=task, since=since, state=state).items() if v is not None}
         async with self._http.stream("GET", "/v1/events", params=params,
                                      timeout=httpx.Timeout(30.0, read=None)) as resp:
+            if resp.status_code >= 400:
+                await resp.aread()
+                _raise_for(resp)
             async for line in resp.aiter_lines():
                 if line:
                     yield orjson.loads(line)
@@ -258,14 +288,101 @@ class AsyncClient:
 
     async def delete_job(self, job: str) -> dict:
         """Cancel what has not ended in `job`, free its results and remove its tasks."""
-        return await self._json("DELETE", f"/v1/jobs/{job}")
+        return await self.request_json("DELETE", f"/v1/jobs/{job}")
 
     async def release_result(self, task_id: str) -> bool:
-        return (await self._json("DELETE", f"/v1/tasks/{task_id}/result")).get("released", False)
+        return (await self.request_json("DELETE", f"/v1/tasks/{task_id}/result")).get("released", False)
+
+    # -- futures of function tasks ------------------------------------------------------
+
+    async def fetch_result(self, rec: TaskRecord) -> Any:
+        """The value a finished function task returned; TaskFailed if it did not succeed."""
+        if is_inline(rec):  # small results come inside the record: no round trip
+            return inline_result(rec)
+        return load_result(await self.result_bytes(rec.id))
+
+    async def gather(self, futures: list) -> list:
+        """The results of `futures`, in order (waiting for all; the first failure raises).
+        Futures of another client are fetched through the client that made them."""
+        futures = list(futures)
+        mine = [f for f in futures if f.aclient is self]
+        recs = dict(zip((f.id for f in mine), await self.wait([f.id for f in mine]))) if mine else {}
+        out = []
+        for f in futures:
+            if f.aclient is self:
+                f._record = recs[f.id]
+                out.append(await self.fetch_result(f._record))
+            else:
+                out.append(await f.aresult())
+        return out
+
+    async def as_completed(self, futures: list, timeout: float | None = None) -> AsyncIterator:
+        """Yield the futures (of this client) as their tasks end, first finished first."""
+        by_id: dict[str, list] = {}
+        for f in futures:
+            if f.aclient is not self:
+                raise ShoalError(f"as_completed: {f!r} was made by another client ({f.client.address}); "
+                                 "wait for each client's futures through that client")
+            by_id.setdefault(f.id, []).append(f)
+        if not by_id:
+            return
+        async with contextlib.aclosing(self.as_finished(list(by_id), timeout)) as finished:
+            async for rec in finished:
+                for f in by_id[rec.id]:
+                    f._record = rec
+                    yield f
+
+    def track_future(self, future, task_id: str) -> None:
+        """Count the futures of each task; when the last one is garbage collected, its
+        result is freed (at this client's next submission or close). Results a dependent
+        task still needs are kept by the node until that task ends."""
+        self._future_refs[task_id] += 1
+        weakref.finalize(future, self._untrack, task_id)
+
+    def _untrack(self, task_id: str) -> None:
+        self._future_refs[task_id] -= 1
+        if self._future_refs[task_id] <= 0:
+            del self._future_refs[task_id]
+            self._unreferenced.append(task_id)  # list.append is atomic; finalizers may run anywhere
+
+    async def release_unreferenced(self) -> int:
+        """Free the results of tasks whose futures were all dropped; how many were sent."""
+        if not self._unreferenced:
+            return 0
+        ids, self._unreferenced = self._unreferenced, []
+        for tid in ids:
+            try:
+                await self.release_result(tid)
+            except ShoalError:
+                pass  # gone already (job deleted, retention)
+        return len(ids)
+
+    # -- DAG files ------------------------------------------------------------------------
+
+    async def run_dag(self, dag: "str | Path | Dag", *, job: str | None = None, wait: bool = False,
+                      timeout: float | None = None, on_stopped=None) -> "DagRun":
+        """Run a DAG file (a path, or a Dag from shoal.client.dag.load_dag): every step
+        becomes a task of one job (`<name>-<6 chars>` unless `job` is given), submitted
+        in dependency order. A file that is not a valid DAG raises InvalidSpec naming
+        each problem with its line, and nothing is submitted. With wait=True, returns
+        once every step has ended (DagRun.records, DagRun.ok); else at once, with the
+        task id of each step (DagRun.ids). If submitting stops part way, the steps
+        already submitted are cancelled and `on_stopped(message)` is told so."""
+        from .dag import run_dag
+        return await run_dag(self, dag, job=job, wait=wait, timeout=timeout, on_stopped=on_stopped)
+
+    # -- cluster ------------------------------------------------------------------
+
+    async def nodes(self) -> list[dict]:
+        return (await self.request_json("GET", "/v1/nodes"))["nodes"]
+
+    async def health(self) -> dict:
+        return await self.request_json("GET", "/v1/health")
 
     # -- flows ---------------------------------------------------------------------------
     # A node of the cluster drives each run; client/flows.py holds this side of it: the
-    # checks, the submission, following a run, and feeding stdin / receiving stdout.
+    # checks, the submission, following a run, and feeding stdin / receiving stdout. It is
+    # imported only inside these methods, so the client never loads it at import time.
 
     async def run_flow(self, spec, base_dir: str = ".", **kw):
         """Run a flow (a FlowSpec, or a Flow from shoal.flow()) to the end; a FlowResult.
@@ -290,202 +407,35 @@ class AsyncClient:
 
     async def submit_flow(self, record) -> dict:
         """Submit a run record (a FlowRunRecord, state pending): {"id", "client_lease"}."""
-        return await self._json("POST", "/v1/flows", json=record.to_json())
+        return await self.request_json("POST", "/v1/flows", json=record.to_json())
 
     async def flow_record(self, run: str, after: int = 0, timeout: float = 20.0) -> dict:
         """{"record", "revision"}: the run's record once it changed after `after` (long poll)."""
-        return await self._json("GET", f"/v1/flows/{run}/record", params={"after": after, "timeout": timeout},
+        return await self.request_json("GET", f"/v1/flows/{run}/record", params={"after": after, "timeout": timeout},
                                 timeout=httpx.Timeout(timeout + 15))
 
     async def flow_status(self, run: str) -> dict:
         """A flow run's record, with each stage's instances: state, node, records in/out."""
-        return await self._json("GET", f"/v1/flows/{run}")
+        return await self.request_json("GET", f"/v1/flows/{run}")
 
     async def flows(self, limit: int = 50) -> list[dict]:
-        return (await self._json("GET", "/v1/flows", params={"limit": limit}))["flows"]
+        return (await self.request_json("GET", "/v1/flows", params={"limit": limit}))["flows"]
 
     async def cancel_flow(self, run: str) -> dict:
-        return await self._json("POST", f"/v1/flows/{run}/cancel")
+        return await self.request_json("POST", f"/v1/flows/{run}/cancel")
 
     async def flow_endpoints(self, run: str, attempt: int, stage: str, count: int, timeout: float = 60.0) -> list[str]:
         """The data addresses of a stage's instances in one attempt, once all have started."""
-        return (await self._json("GET", f"/v1/flows/{run}/{attempt}/endpoints/{stage}",
+        return (await self.request_json("GET", f"/v1/flows/{run}/{attempt}/endpoints/{stage}",
                                  params={"count": count, "timeout": timeout},
                                  timeout=httpx.Timeout(timeout + 15)))["endpoints"]
 
     async def put_flow_endpoint(self, run: str, attempt: int, stage: str, index: int, address: str) -> None:
-        await self._json("PUT", f"/v1/flows/{run}/{attempt}/endpoints/{stage}/{index}", json={"address": address})
+        await self.request_json("PUT", f"/v1/flows/{run}/{attempt}/endpoints/{stage}/{index}", json={"address": address})
 
     async def keep_flow_client(self, run: str, lease: int) -> None:
         """Tell the run its client (feeding stdin, receiving stdout) is still there."""
-        await self._json("POST", f"/v1/flows/{run}/client", json={"lease": lease})
+        await self.request_json("POST", f"/v1/flows/{run}/client", json={"lease": lease})
 
     async def release_flow_client(self, run: str, lease: int) -> None:
-        await self._json("DELETE", f"/v1/flows/{run}/client", params={"lease": lease})
-
-    # -- cluster ------------------------------------------------------------------
-
-    async def nodes(self) -> list[dict]:
-        return (await self._json("GET", "/v1/nodes"))["nodes"]
-
-    async def health(self) -> dict:
-        return await self._json("GET", "/v1/health")
-
-
-class Client:
-    """The sync face of AsyncClient: each method runs the async one on a private loop."""
-
-    def __init__(self, aclient_factory, on_close=None):
-        from anyio.from_thread import start_blocking_portal
-        self._portal_cm = start_blocking_portal()
-        self._portal = self._portal_cm.__enter__()
-        self._async: AsyncClient = self._portal.call(aclient_factory)
-        self._on_close = on_close
-        self.address = self._async.address
-        self.cluster_id = self._portal.call(self._async.health).get("cluster")
-        self._future_refs: collections.Counter = collections.Counter()
-        self._unreferenced: list[str] = []
-        from . import functions
-        functions._clients.append(self)
-
-    def __getattr__(self, name: str):
-        attr = getattr(self._async, name)
-        if inspect.isasyncgenfunction(attr):
-            @functools.wraps(attr)
-            def gen(*a, **k):
-                return self._iterate(attr(*a, **k))
-            return gen
-        if inspect.iscoroutinefunction(attr):
-            @functools.wraps(attr)
-            def call(*a, **k):
-                return self._portal.call(functools.partial(attr, *a, **k))
-            return call
-        return attr
-
-    def _iterate(self, agen):
-        """Drive an async generator in one task on the loop (its cancel scopes and open
-        streams must stay in one task), handing items over through a queue."""
-        items: queue.Queue = queue.Queue()
-        done = object()
-
-        async def pump():
-            try:
-                async for item in agen:
-                    items.put_nowait((True, item))
-                items.put_nowait((True, done))
-            except BaseException as e:  # handed to the caller's thread
-                items.put_nowait((False, e))
-                raise
-            finally:
-                await agen.aclose()
-
-        fut = self._portal.start_task_soon(pump)
-        try:
-            while True:
-                ok, item = items.get()
-                if not ok:
-                    raise item
-                if item is done:
-                    return
-                yield item
-        finally:
-            if not fut.done():
-                fut.cancel()
-
-    def track_future(self, future, task_id: str) -> None:
-        """Count the futures of each task; when the last one is garbage collected, its
-        result is freed (at this client's next call or close). Results a dependent task
-        still needs are kept by the node until that task ends."""
-        self._future_refs[task_id] += 1
-        weakref.finalize(future, self._untrack, task_id)
-
-    def _untrack(self, task_id: str) -> None:
-        self._future_refs[task_id] -= 1
-        if self._future_refs[task_id] <= 0:
-            del self._future_refs[task_id]
-            self._unreferenced.append(task_id)  # list.append is atomic; finalizers may run anywhere
-
-    def release_unreferenced(self) -> int:
-        """Free the results of tasks whose futures were all dropped; how many were sent."""
-        ids, self._unreferenced = self._unreferenced, []
-        for tid in ids:
-            try:
-                self._portal.call(self._async.release_result, tid)
-            except ShoalError:
-                pass  # gone already (job deleted, retention)
-        return len(ids)
-
-    def fetch_result(self, rec: TaskRecord):
-        """The value a finished function task returned; TaskFailed if it did not succeed."""
-        from .functions import load_result, raise_for
-        raise_for(rec)
-        if rec.result is not None:  # small results come inside the record: no round trip
-            return load_result(base64.b64decode(rec.result))
-        return load_result(self._portal.call(self._async.result_bytes, rec.id))
-
-    def gather(self, futures: list):
-        """The results of `futures`, in order (waiting for all; the first failure raises)."""
-        recs = self.wait([f.id for f in futures])
-        return [self.fetch_result(r) for r in recs]
-
-    def as_completed(self, futures: list, timeout: float | None = None):
-        from .functions import as_completed
-        return as_completed(futures, timeout)
-
-    def close(self) -> None:
-        if self._portal is None:
-            return
-        from . import functions
-        if self in functions._clients:
-            functions._clients.remove(self)
-        self.release_unreferenced()
-        try:
-            self._portal.call(self._async.aclose)
-        finally:
-            self._portal_cm.__exit__(None, None, None)
-            self._portal = None
-            if self._on_close:
-                self._on_close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-
-def _discover(address: str | None) -> tuple[str, LocalCluster | None]:
-    """The API address to use, and the embedded cluster we started for it (if any)."""
-    address = address or os.environ.get("SHOAL_ADDRESS")
-    if address:
-        return address, None
-    st = LocalCluster(shoal_home()).running()
-    if st:
-        return st["nodes"][0]["api"], None
-    cluster = LocalCluster(Path(tempfile.mkdtemp(prefix="shoal-embedded-")), nodes=1)
-    try:
-        st = cluster.up()
-    except BaseException:
-        cluster.destroy()
-        raise
-    return st["nodes"][0]["api"], cluster
-
-
-def connect(address: str | None = None, timeout_s: float = 30.0) -> Client:
-    """A client for the cluster at `address` (or $SHOAL_ADDRESS, or the cluster `shoal up`
-    started). With none running, starts an embedded local cluster and stops it on close."""
-    addr, cluster = _discover(address)
-    return Client(lambda: AsyncClient(addr, timeout_s), on_close=cluster.destroy if cluster else None)
-
-
-@contextlib.asynccontextmanager
-async def aconnect(address: str | None = None, timeout_s: float = 30.0):
-    import anyio
-    addr, cluster = await anyio.to_thread.run_sync(_discover, address)
-    client = AsyncClient(addr, timeout_s)
-    try:
-        yield client
-    finally:
-        await client.aclose()
-        if cluster:
-            await anyio.to_thread.run_sync(cluster.destroy)
+        await self.request_json("DELETE", f"/v1/flows/{run}/client", params={"lease": lease})

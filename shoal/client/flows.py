@@ -6,7 +6,10 @@ client: it spools the input and feeds it to each attempt, receives each attempt'
 and hands it over once the run succeeded, and renews a lease that tells the driver it is
 still there. If that client dies, the run fails ("its input client went away") and
 commits nothing. A flow of files needs nothing from its client once submitted: kill it,
-and the run goes on; `shoal flow status RUN -w` follows it again."""
+and the run goes on; `shoal flow status RUN -w` follows it again.
+
+Flow files are read here too (load_flow, parse_flow): the one place the client reaches
+into the flow package."""
 from __future__ import annotations
 
 import asyncio
@@ -23,10 +26,14 @@ from typing import BinaryIO, Callable, Iterable
 from urllib.parse import urlparse
 
 from ..errors import ClusterError, Conflict, FlowCancelled, FlowFailed, InvalidSpec, ShoalError, StoreUnavailable
+from ..flows.file import load_flow, parse_flow
 from ..flows.plan import Plan, StagePlan, plan_or_raise
 from ..flows.run import CLIENT, ClientLink, FlowRunRecord, FlowState
 from ..flows.spec import FlowSpec
 from ..model.ids import new_ids
+
+__all__ = ["load_flow", "parse_flow", "FlowFailed", "FlowCancelled", "FlowResult", "run_flow", "start_flow",
+           "follow_flow", "check", "require_runtime"]
 
 log = logging.getLogger("shoal.client.flows")
 

@@ -1,13 +1,17 @@
-"""Python functions as tasks: `@shoal.task`, futures, gather and as_completed.
+"""Python functions as tasks: `@shoal.task`, submitted through the current client.
 
     @shoal.task(cpus=1, retries=2)
     def square(x):
         return x * x
 
-    with shoal.connect() as c:
-        f = square.submit(3)                       # a Future
+    with shoal.connect() as c:                     # c is the current client in the block
+        f = square.submit(3)                       # a Future, bound to c
         total = add.submit(f, square.submit(4))    # futures as arguments: a DAG
         print(total.result(), c.gather(square.map(range(10))))
+
+    async with shoal.aconnect() as c:              # the same from async code
+        f = await square.asubmit(3)
+        print(await f, await c.gather(await square.amap(range(10))))
 
 Functions and arguments travel with cloudpickle and run in warm worker processes on
 the nodes. A future passed as an argument makes the new task depend on it; the worker
@@ -17,71 +21,18 @@ from __future__ import annotations
 
 import base64
 import os
-import pickle
-import time
 import types
-from typing import Any, Callable, Iterable, Iterator
+from typing import Callable, Iterable
 
+import anyio
 import cloudpickle
 
-from ..errors import InvalidSpec, ShoalError, TaskFailed
-from ..model import TaskRecord, TaskSpec
+from ..errors import InvalidSpec, ShoalError
+from ..model import TaskSpec
 from ..model.refs import FutureRef
-
-_clients: list = []   # the sync clients open in this process, newest last
-
-
-def current_client():
-    if not _clients:
-        raise ShoalError("no shoal client is open: use `with shoal.connect() as c:` before .submit()")
-    return _clients[-1]
-
-
-class Future:
-    """The pending result of a function task."""
-
-    def __init__(self, client, task_id: str, name: str | None = None):
-        self.client = client
-        self.id = task_id
-        self.name = name
-        self._record: TaskRecord | None = None
-        # when the last future of a task is dropped, its client frees the result
-        track = getattr(client, "track_future", None)
-        if track is not None:
-            track(self, task_id)
-
-    def __repr__(self) -> str:
-        state = self._record.state.value if self._record else "submitted"
-        return f"<shoal.Future {self.name or ''} {self.id} {state}>"
-
-    def done(self) -> bool:
-        if self._record is None or not self._record.is_final:
-            self._record = self.client.get(self.id)
-        return self._record.is_final
-
-    def record(self, timeout: float | None = None) -> TaskRecord:
-        """Wait until the task ends; its record."""
-        if self._record is None or not self._record.is_final:
-            self._record = self.client.wait(self.id, timeout=timeout)
-        return self._record
-
-    def result(self, timeout: float | None = None) -> Any:
-        """The function's return value; raises TaskFailed (with the remote exception's
-        type, message and traceback) if it failed."""
-        return self.client.fetch_result(self.record(timeout))
-
-    def exception(self, timeout: float | None = None) -> TaskFailed | None:
-        rec = self.record(timeout)
-        return None if rec.state.value == "succeeded" else TaskFailed(rec)
-
-    @property
-    def progress(self) -> dict | None:
-        """The latest progress the task reported: {"fraction", "message", "at"}."""
-        return self.client.get(self.id).progress
-
-    def release(self) -> None:
-        """Free the result where it is kept (a big result's file on its node)."""
-        self.client.release_result(self.id)
+from .aio import AsyncClient
+from .current import current_client
+from .futures import Future
 
 
 class RemoteFunction:
@@ -139,19 +90,47 @@ class RemoteFunction:
         return spec
 
     def submit(self, *args, **kwargs) -> Future:
-        c = current_client()
-        c.release_unreferenced()
-        rec = c.submit(None, **self.spec(args, kwargs, c))
-        return Future(c, rec.id, self.__name__)
+        """Run fn(*args, **kwargs) as a task on the current client's cluster; its Future."""
+        return self._submit(self._client("submit"), args, kwargs)
 
     def map(self, *iterables: Iterable) -> list[Future]:
         """One task per item (or per tuple of items, like the builtin map), submitted together."""
-        c = current_client()
-        items = list(zip(*iterables))
-        specs = [self.spec(args, {}, c) for args in items]
+        return self._map(self._client("map"), iterables)
+
+    def _submit(self, c, args: tuple, kwargs: dict) -> Future:
+        rec = c.submit(None, **self.spec(args, kwargs, c))
+        return Future(c, rec.id, self.__name__)
+
+    def _map(self, c, iterables) -> list[Future]:
+        specs = [self.spec(args, {}, c) for args in zip(*iterables)]
         if any("depends_on" in s for s in specs):  # futures among the items: one by one, in order
             return [Future(c, c.submit(None, **s).id, self.__name__) for s in specs]
         return [Future(c, tid, self.__name__) for tid in c.submit_many(specs)]
+
+    async def asubmit(self, *args, **kwargs) -> Future:
+        """submit() from async code: `f = await square.asubmit(3)`, then `await f`."""
+        c = current_client()
+        if not isinstance(c, AsyncClient):
+            return await anyio.to_thread.run_sync(self._submit, c, args, kwargs)
+        rec = await c.submit(None, **self.spec(args, kwargs, c))
+        return Future(c, rec.id, self.__name__)
+
+    async def amap(self, *iterables: Iterable) -> list[Future]:
+        """map() from async code."""
+        c = current_client()
+        if not isinstance(c, AsyncClient):
+            return await anyio.to_thread.run_sync(self._map, c, iterables)
+        specs = [self.spec(args, {}, c) for args in zip(*iterables)]
+        if any("depends_on" in s for s in specs):
+            return [Future(c, (await c.submit(None, **s)).id, self.__name__) for s in specs]
+        return [Future(c, tid, self.__name__) for tid in await c.submit_many(specs)]
+
+    def _client(self, verb: str):
+        c = current_client()
+        if isinstance(c, AsyncClient):
+            raise ShoalError(f"{self.__name__}.{verb}(): the current client is async: "
+                             f"use `await {self.__name__}.a{verb}(...)`")
+        return c
 
 
 def task(fn: Callable | None = None, *, py_modules: list | None = None, **options):
@@ -168,21 +147,6 @@ def task(fn: Callable | None = None, *, py_modules: list | None = None, **option
     return wrap(fn) if fn is not None else wrap
 
 
-def as_completed(futures: Iterable[Future], timeout: float | None = None) -> Iterator[Future]:
-    """Yield the futures as their tasks end, first finished first."""
-    futures = list(futures)
-    if not futures:
-        return
-    by_id: dict[str, list[Future]] = {}
-    for f in futures:
-        by_id.setdefault(f.id, []).append(f)
-    client = futures[0].client
-    for rec in client.as_finished(list(by_id), timeout):
-        for f in by_id[rec.id]:
-            f._record = rec
-            yield f
-
-
 def progress(fraction: float, message: str = "") -> None:
     """Report how far the running task has got (0..1, and a few words). Cheap to call
     often: the node passes on a few updates a second."""
@@ -192,12 +156,3 @@ def progress(fraction: float, message: str = "") -> None:
     fraction = min(1.0, max(0.0, float(fraction)))
     with open(path, "a") as f:
         f.write(f"{fraction:.4f} {message}".replace("\n", " ") + "\n")
-
-
-def load_result(data: bytes) -> Any:
-    return pickle.loads(data)
-
-
-def raise_for(rec: TaskRecord) -> None:
-    if rec.state.value != "succeeded":
-        raise TaskFailed(rec)

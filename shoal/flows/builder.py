@@ -92,7 +92,7 @@ class Flow:
             kw.setdefault("items", self.items)
         if client is not None:
             return client.run_flow(self.spec(), os.getcwd(), **kw)
-        from ..client.aio import connect
+        from ..client.connect import connect
         with connect() as c:
             return c.run_flow(self.spec(), os.getcwd(), **kw)
 

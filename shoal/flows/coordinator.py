@@ -43,7 +43,7 @@ async def _watch_runs(store, roles, feed: TaskFeed) -> None:
 
     prefix = store.keys.flows
     rev = await snapshot()
-    async for batch in store.watch(prefix, rev + 1):
+    async for batch in store.kv.watch(prefix, rev + 1):
         if not isinstance(batch, list):   # compacted past us: read them all again
             await snapshot()
             continue

@@ -183,10 +183,10 @@ class FlowDriver:
         if self.follower is not None:
             self.follower.cancel()
             await asyncio.gather(self.follower, return_exceptions=True)
-        cpus = sum(n.cpus for n in await self.store.nodes()) or 1
+        cpus = sum(n.cpus for n in await self.store.nodes.nodes()) or 1
         specs = self._instance_specs(attempt, cpus)
         now = time.time()
-        await self.store.submit([TaskRecord(id=tid, spec=specs[(stage, i)], submitted_at=now)
+        await self.store.tasks.submit([TaskRecord(id=tid, spec=specs[(stage, i)], submitted_at=now)
                                  for stage, ids in tasks.items() for i, tid in enumerate(ids)])
         self.follower = asyncio.create_task(self._follow(attempt, tasks), name=f"follow {self.run}/{attempt}")
         self.follower.add_done_callback(self._crashed)
@@ -223,7 +223,7 @@ class FlowDriver:
             self.events.put_nowait(InstanceEnded(attempt, (stage, i), outcome_of(rec, written)))
 
         async def snapshot() -> None:
-            found, _ = await self.store.get_tasks(list(who))
+            found, _ = await self.store.tasks.get_tasks(list(who))
             for rec in found.values():
                 await report(rec)
 
@@ -239,7 +239,7 @@ class FlowDriver:
     async def _stop(self) -> None:
         async def one(tid: str) -> None:
             with contextlib.suppress(Conflict, NotFound):
-                await self.store.cancel(tid)
+                await self.store.tasks.cancel(tid)
         await asyncio.gather(*(one(t) for ids in self.record.tasks.values() for t in ids))
 
     async def _commit(self, attempt: int) -> None:

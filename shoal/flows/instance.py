@@ -36,7 +36,7 @@ from .outcome import EXIT_BAD_RECORDS, EXIT_COMMAND, EXIT_FAILED, EXIT_LOST, EXI
 from .plan import Output, Plan, StagePlan, plan_or_raise
 from .run import CLIENT
 from .spec import EdgeSpec
-from ..store.etcd import Store
+from ..store import Store
 from ..streams.framing import END, FRAME, StreamBroken, decode_batch, encode_batch
 from ..streams.inbox import Inbox, UpstreamFailed, UpstreamLost
 from ..streams.outbox import Link

@@ -1,5 +1,6 @@
 """DAG decisions: a new task's state from its dependencies' states, what a finished
-dependency does to a waiting dependent, and cycle checks. Pure; the store commits."""
+dependency does to a waiting dependent, which dependents a cascade moves, and cycle
+checks. Pure; the store reads the records and commits."""
 from __future__ import annotations
 
 from ..model import TaskRecord, TaskState
@@ -32,6 +33,31 @@ def dependency_finished(dependent: TaskRecord, dep_id: str, dep_state: TaskState
     if left == 0:
         update["state"] = TaskState.queued
     return dependent.model_copy(update=update)
+
+
+def cascades(record: TaskRecord) -> bool:
+    """Whether a task's record moves its dependents: it ended, and something waits on it."""
+    return record.is_final and bool(record.dependents)
+
+
+def dependents_to_read(frontier: list[TaskRecord], seen: set[str]) -> list[str]:
+    """The dependents of the tasks in `frontier` not already moved (`seen`), once each."""
+    return list(dict.fromkeys(d for f in frontier for d in f.dependents if d not in seen))
+
+
+def cascade_wave(frontier: list[TaskRecord], current: dict[str, TaskRecord],
+                 now: float) -> dict[str, TaskRecord]:
+    """One wave of a cascade: the tasks in `frontier` just ended; return the new records
+    of those of their dependents that change. `current` holds the dependents as read (one
+    missing from it is gone and left alone); a dependent of several frontier tasks counts
+    each of them off in turn. The next wave starts from the changed ones that `cascades`."""
+    updated: dict[str, TaskRecord] = {}
+    for f in frontier:
+        for d in f.dependents:
+            if d not in current:
+                continue
+            updated[d] = dependency_finished(updated.get(d) or current[d], f.id, f.state, now)
+    return {d: new for d, new in updated.items() if new != current[d]}
 
 
 def find_cycle(edges: dict[str, list[str]]) -> list[str] | None:

@@ -6,7 +6,8 @@ import asyncio
 import contextlib
 from typing import AsyncIterator
 
-from ..store.etcd import Store, WatchReset
+from ..store import Store
+from ..store.kv import WatchReset
 
 
 class TaskFeed:
@@ -17,9 +18,9 @@ class TaskFeed:
         self.started = asyncio.Event()
 
     async def run(self) -> None:
-        rev = await self.store.revision()
+        rev = await self.store.kv.revision()
         self.started.set()
-        async for batch in self.store.watch(self.store.keys.tasks, rev + 1):
+        async for batch in self.store.kv.watch(self.store.keys.tasks, rev + 1):
             if isinstance(batch, WatchReset):
                 for q in self._all:
                     q.put_nowait(batch)

@@ -19,7 +19,7 @@ from ..exec.pyworkers import WorkerPool
 from ..flows.coordinator import watch_runs
 from ..model import NodeInfo
 from ..settings import NodeSettings, StoreSettings
-from ..store.etcd import Store
+from ..store import Store
 from .feed import TaskFeed
 from .progress import ProgressPublisher
 from .reaper import Reaper
@@ -73,9 +73,9 @@ class Node:
             running=self.scheduler.busy())
 
     async def _register(self) -> None:
-        self.lease = await self.store.grant_lease(self.s.lease_ttl_s)
+        self.lease = await self.store.kv.grant_lease(self.s.lease_ttl_s)
         self.scheduler.lease = self.lease
-        await self.store.put_node(self.info(), self.lease)
+        await self.store.nodes.put_node(self.info(), self.lease)
         self.roles.lease_changed()
 
     @property
@@ -145,7 +145,7 @@ class Node:
             use_guard(None)
             guard.close()
             with contextlib.suppress(Exception):
-                await self.store.revoke_lease(self.lease)
+                await self.store.kv.revoke_lease(self.lease)
             with contextlib.suppress(Exception):
                 await self.store.close()
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -166,10 +166,10 @@ class Node:
         while True:
             await asyncio.sleep(period)
             try:
-                ttl = await asyncio.wait_for(self.store.keepalive(self.lease), timeout=period * 2)
+                ttl = await asyncio.wait_for(self.store.kv.keepalive(self.lease), timeout=period * 2)
                 if ttl > 0:
                     last_ok = time.monotonic()
-                    await asyncio.wait_for(self.store.put_node(self.info(), self.lease), timeout=period * 2)
+                    await asyncio.wait_for(self.store.nodes.put_node(self.info(), self.lease), timeout=period * 2)
                     continue
                 log.warning("lease %x expired", self.lease)
             except Exception as e:
@@ -209,7 +209,7 @@ class Node:
             files.setdefault(path.name.split(".", 1)[0], []).append(path)
         if not files:
             return
-        alive, _ = await self.store.get_task_values(sorted(files))
+        alive, _ = await self.store.tasks.get_task_values(sorted(files))
         for tid, paths in files.items():
             if tid not in alive:
                 for path in paths:

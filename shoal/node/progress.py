@@ -69,7 +69,7 @@ class ProgressPublisher:
             fraction, message = w.latest
             new = r.record.model_copy(update={"progress": {"fraction": fraction, "message": message,
                                                            "at": round(time.time(), 3)}})
-            rev = await self.store.put_progress(sched.s.node_id, new, r.read_rev, r.attempt_rev)
+            rev = await self.store.tasks.put_progress(sched.s.node_id, new, r.read_rev, r.attempt_rev)
             # only if nothing moved meanwhile (the attempt may have ended while we wrote)
             if rev and sched.running.get(tid) is r and tid not in sched.finished:
                 r.record, r.read_rev = new, rev

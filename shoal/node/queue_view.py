@@ -7,8 +7,8 @@ from itertools import islice
 from sortedcontainers import SortedDict
 
 from ..model import TaskRecord
-from ..store.etcd import KV
-from ..store.etcd import decode
+from ..store.kv import KV
+from ..store.records import decode
 
 
 class QueueView:

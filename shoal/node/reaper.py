@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from aetcd.exceptions import ClientError
-
-from ..store.etcd import Store, WatchReset
+from ..errors import StoreCompacted
+from ..store import Store
+from ..store.kv import WatchReset
 
 log = logging.getLogger("shoal.reaper")
 
@@ -23,11 +23,11 @@ class Reaper:
         """Run as reaper: reconcile once, then react to node deaths as they happen. A
         node's lease expiring deletes its node key and its running keys at one revision,
         so the running keys it held are read back at the revision just before."""
-        rev = await self.store.revision()
+        rev = await self.store.kv.revision()
         await self.reconcile()
         tick = asyncio.create_task(self._periodic())
         try:
-            async for batch in self.store.watch(self.store.keys.nodes, rev + 1):
+            async for batch in self.store.kv.watch(self.store.keys.nodes, rev + 1):
                 if isinstance(batch, WatchReset):
                     await self.reconcile()
                     continue
@@ -39,13 +39,13 @@ class Reaper:
 
     async def _node_gone(self, node: str, revision: int) -> None:
         try:
-            held = await self.store.running_on(node, revision=revision - 1)
-        except ClientError:  # compacted past that revision: look at everything instead
+            held = await self.store.tasks.running_on(node, revision=revision - 1)
+        except StoreCompacted:  # etcd compacted past that revision: look at everything instead
             await self.reconcile()
             return
         for kv in held:
             tid = self.store.keys.id_of(kv.key)
-            new = await self.store.requeue_lost(tid, node)
+            new = await self.store.tasks.requeue_lost(tid, node)
             if new is not None:
                 self.requeued += 1
                 log.info("task %s: node %s lost -> %s", tid, node, new.state.value)
@@ -61,9 +61,9 @@ class Reaper:
     async def reconcile(self) -> None:
         """Find tasks marked running whose running key is gone (a reaper change-over or
         a missed event) and requeue them."""
-        running = await self.store.running_tasks()
-        async for rec in self.store.tasks_in_state("running"):
+        running = await self.store.tasks.running_tasks()
+        async for rec in self.store.tasks.tasks_in_state("running"):
             node = rec.node
             if node and rec.id not in running.get(node, ()):
-                if await self.store.requeue_lost(rec.id, node) is not None:
+                if await self.store.tasks.requeue_lost(rec.id, node) is not None:
                     self.requeued += 1

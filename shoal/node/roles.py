@@ -16,7 +16,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
-from ..store.etcd import Store, WatchReset
+from ..store import Store
+from ..store.kv import WatchReset
 
 log = logging.getLogger("shoal.roles")
 
@@ -85,8 +86,8 @@ class Roles:
     async def _watch(self) -> None:
         """Wake a role's campaigner when its key goes (its holder died or resigned)."""
         prefix = self.store.keys.elections
-        rev = await self.store.revision()
-        async for batch in self.store.watch(prefix, rev + 1):
+        rev = await self.store.kv.revision()
+        async for batch in self.store.kv.watch(prefix, rev + 1):
             if isinstance(batch, WatchReset):
                 for role in self._roles.values():
                     role.wake.set()
@@ -102,8 +103,8 @@ class Roles:
             role.wake.clear()
             try:
                 lease = self._lease()
-                if (lease and await self.store.leader(role.name) is None
-                        and await self.store.campaign(role.name, self.node_id, lease)):
+                if (lease and await self.store.elections.leader(role.name) is None
+                        and await self.store.elections.campaign(role.name, self.node_id, lease)):
                     if await self._hold(role, lease):
                         self._roles.pop(role.name, None)
                         return
@@ -131,7 +132,7 @@ class Roles:
             await asyncio.gather(serve, lost, return_exceptions=True)
             if not lost.done() or lost.cancelled():
                 with contextlib.suppress(Exception):
-                    await asyncio.shield(self.store.resign(role.name, self.node_id, lease))
+                    await asyncio.shield(self.store.elections.resign(role.name, self.node_id, lease))
         if lost.done() and not lost.cancelled():
             log.warning("%s: lease %x is gone; campaigning again", role.name, lease)
             return False

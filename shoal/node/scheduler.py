@@ -14,7 +14,9 @@ from ..exec import attempt as run
 from ..logic import placement, transitions
 from ..model import Attempt, TaskRecord, TaskState
 from ..settings import NodeSettings
-from ..store.etcd import Claim, Completion, Store, WatchReset
+from ..store import Store
+from ..store.kv import WatchReset
+from ..store.tasks import Claim, Completion
 from .queue_view import QueueView
 
 log = logging.getLogger("shoal.node")
@@ -86,7 +88,7 @@ class Scheduler:
         """Keep the queue view current. Reload when etcd compacted past us, and when the
         view ran dry while the last load was cut short."""
         await self._load_queue()
-        async for batch in self.store.watch(self.store.keys.queues, self.queue.loaded_rev + 1):
+        async for batch in self.store.kv.watch(self.store.keys.queues, self.queue.loaded_rev + 1):
             if isinstance(batch, WatchReset):
                 await self._load_queue()
             elif self.queue.apply(batch):
@@ -95,18 +97,18 @@ class Scheduler:
                 await self._load_queue()
 
     async def _load_queue(self) -> None:
-        kvs, more, rev = await self.store.get_prefix(self.store.keys.queues, limit=5000)
+        kvs, more, rev = await self.store.kv.get_prefix(self.store.keys.queues, limit=5000)
         self.queue.load(kvs, rev, more)
         self.wake.set()
 
     async def watch_cancels(self) -> None:
         prefix = self.store.keys.cancels_for(self.s.node_id)
-        rev = await self.store.revision()
-        kvs, _, _ = await self.store.get_prefix(prefix)
+        rev = await self.store.kv.revision()
+        kvs, _, _ = await self.store.kv.get_prefix(prefix)
         self._cancel([(self.store.keys.id_of(kv.key), kv.value) for kv in kvs])
-        async for batch in self.store.watch(prefix, rev + 1):
+        async for batch in self.store.kv.watch(prefix, rev + 1):
             if isinstance(batch, WatchReset):
-                kvs, _, _ = await self.store.get_prefix(prefix)
+                kvs, _, _ = await self.store.kv.get_prefix(prefix)
                 self._cancel([(self.store.keys.id_of(kv.key), kv.value) for kv in kvs])
                 continue
             self._cancel([(self.store.keys.id_of(kv.key), kv.value) for kind, kv, _ in batch if kind == "PUT"])
@@ -142,7 +144,7 @@ class Scheduler:
                 continue
             fences = self.fences
             try:
-                result = await self.store.step(self.s.node_id, self.lease, completions, claims)
+                result = await self.store.tasks.step(self.s.node_id, self.lease, completions, claims)
             except Exception as e:  # etcd away for longer than the store rides out
                 log.warning("step failed (%s); will retry", e)
                 await asyncio.sleep(0.5)
@@ -314,8 +316,8 @@ class Scheduler:
     async def reconcile(self) -> None:
         """Running keys of ours with no attempt here (a claim whose reply was lost)
         go back to the queue."""
-        kvs = await self.store.running_on(self.s.node_id)
+        kvs = await self.store.tasks.running_on(self.s.node_id)
         for kv in kvs:
             tid = self.store.keys.id_of(kv.key)
             if tid not in self.running and kv.lease == self.lease and kv.create_revision <= self.last_rev:
-                await self.store.release_orphan(self.s.node_id, tid, kv.create_revision)
+                await self.store.tasks.release_orphan(self.s.node_id, tid, kv.create_revision)

@@ -6,35 +6,30 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
 
 import orjson
-from aetcd import rpc
-from aetcd.utils import prefix_range_end
 from pydantic import ValidationError
 
 from ..errors import Conflict, NotFound
 from ..flows.outcome import Outcome
 from ..flows.run import FlowRunRecord, driver_role
-
-if TYPE_CHECKING:
-    from .etcd import Store
+from ..model.keys import Keys
+from .kv import Etcd, WatchReset, cmp, put_op
 
 log = logging.getLogger("shoal.store.flows")
 
 
 class Flows:
-    def __init__(self, store: "Store"):
-        self.store = store
-        self.keys = store.keys
+    def __init__(self, kv: Etcd, keys: Keys):
+        self.kv = kv
+        self.keys = keys
 
     async def _put(self, key: bytes, value: bytes) -> None:
         """Flow keys live as long as finished tasks do: under the retention lease."""
-        lease = await self.store._retention_lease()
-        await self.store._call("kvstub.Put", rpc.PutRequest(key=key, value=value, lease=lease))
+        await self.kv.put(key, value, await self.kv.retention_lease())
 
     async def _prefix(self, prefix: bytes):
-        return await self.store._range(prefix, prefix_range_end(prefix))
+        return await self.kv.get_prefix(prefix)
 
     # -- the run record -------------------------------------------------------------------
 
@@ -45,17 +40,14 @@ class Flows:
         client_lease = 0
         ops = []
         if record.client is not None:
-            client_lease = await self.store.grant_lease(record.client.ttl_s)
-            ops.append(rpc.RequestOp(request_put=rpc.PutRequest(key=self.keys.flow_client(record.id),
-                                                                value=b"1", lease=client_lease)))
+            client_lease = await self.kv.grant_lease(record.client.ttl_s)
+            ops.append(put_op(self.keys.flow_client(record.id), b"1", client_lease))
         key = self.keys.flow(record.id)
-        ops.append(rpc.RequestOp(request_put=rpc.PutRequest(
-            key=key, value=orjson.dumps(record.to_json()), lease=await self.store._retention_lease())))
-        resp = await self.store._txn([rpc.Compare(key=key, target=rpc.Compare.CREATE,
-                                                  result=rpc.Compare.EQUAL, create_revision=0)], ops)
+        ops.append(put_op(key, orjson.dumps(record.to_json()), await self.kv.retention_lease()))
+        resp = await self.kv.txn([cmp(key, "CREATE", 0)], ops)
         if not resp.succeeded:
             if client_lease:
-                await self.store.revoke_lease(client_lease)
+                await self.kv.revoke_lease(client_lease)
             raise Conflict(f"flow run {record.id} exists already")
         return client_lease
 
@@ -63,11 +55,9 @@ class Flows:
         """Write the record as the node `driver`, only while it holds the run's driver role
         (a driver that lost it must not overwrite its successor's decisions)."""
         role = self.keys.election(driver_role(record.id))
-        resp = await self.store._txn(
-            [rpc.Compare(key=role, target=rpc.Compare.VALUE, result=rpc.Compare.EQUAL, value=driver.encode())],
-            [rpc.RequestOp(request_put=rpc.PutRequest(key=self.keys.flow(record.id),
-                                                      value=orjson.dumps(record.to_json()),
-                                                      lease=await self.store._retention_lease()))])
+        resp = await self.kv.txn([cmp(role, "VALUE", driver.encode())],
+                                 [put_op(self.keys.flow(record.id), orjson.dumps(record.to_json()),
+                                         await self.kv.retention_lease())])
         return resp.succeeded
 
     async def get_run(self, run: str) -> FlowRunRecord:
@@ -75,7 +65,7 @@ class Flows:
 
     async def get_run_rev(self, run: str) -> tuple[FlowRunRecord, int]:
         """The record and its mod revision."""
-        kvs, _, _ = await self.store._range(self.keys.flow(run))
+        kvs, _, _ = await self.kv.range(self.keys.flow(run))
         if not kvs:
             raise NotFound(f"no flow run {run!r} (see `shoal flow ls`)")
         return FlowRunRecord.model_validate_json(kvs[0].value), kvs[0].mod_revision
@@ -88,8 +78,8 @@ class Flows:
         key = self.keys.flow(run)
 
         async def changed():
-            async for batch in self.store.watch(key, rev + 1):
-                if not isinstance(batch, list):   # a reset: read it again
+            async for batch in self.kv.watch(key, rev + 1):
+                if isinstance(batch, WatchReset):   # compacted past us: read it again
                     return await self.get_run_rev(run)
                 for kind, kv, _ in batch:
                     if kv.key == key and kind == "PUT":
@@ -130,7 +120,7 @@ class Flows:
         return out
 
     async def get_outcome(self, run: str, attempt: int, stage: str, index: int) -> Outcome | None:
-        kvs, _, _ = await self.store._range(self.keys.flow_outcome(run, attempt, stage, index))
+        kvs, _, _ = await self.kv.range(self.keys.flow_outcome(run, attempt, stage, index))
         return Outcome.model_validate_json(kvs[0].value) if kvs else None
 
     async def put_endpoint(self, run: str, attempt: int, stage: str, index: int, addr: str) -> None:
@@ -150,8 +140,8 @@ class Flows:
         take(kvs)
         if len(found) < count:
             async def watch():
-                async for batch in self.store.watch(prefix, rev + 1):
-                    if not isinstance(batch, list):   # a reset: read them again
+                async for batch in self.kv.watch(prefix, rev + 1):
+                    if isinstance(batch, WatchReset):   # compacted past us: read them again
                         take((await self._prefix(prefix))[0])
                     else:
                         take(kv for kind, kv, _ in batch if kind == "PUT")
@@ -184,22 +174,22 @@ class Flows:
         await self._put(self.keys.flow_cancel(run), b"1")
 
     async def cancel_requested(self, run: str) -> bool:
-        kvs, _, _ = await self.store._range(self.keys.flow_cancel(run))
+        kvs, _, _ = await self.kv.range(self.keys.flow_cancel(run))
         return bool(kvs)
 
     async def client_alive(self, run: str) -> bool:
         """Whether the client that feeds or receives the run's data still renews its lease."""
-        kvs, _, _ = await self.store._range(self.keys.flow_client(run))
+        kvs, _, _ = await self.kv.range(self.keys.flow_client(run))
         return bool(kvs)
 
     async def keep_client(self, run: str, lease: int) -> bool:
         """Renew the client's lease; False once it is gone (the run counts the client gone)."""
-        kvs, _, _ = await self.store._range(self.keys.flow_client(run))
+        kvs, _, _ = await self.kv.range(self.keys.flow_client(run))
         if not kvs or kvs[0].lease != lease:
             return False
-        return await self.store.keepalive(lease) > 0
+        return await self.kv.keepalive(lease) > 0
 
     async def release_client(self, run: str, lease: int) -> None:
-        kvs, _, _ = await self.store._range(self.keys.flow_client(run))
+        kvs, _, _ = await self.kv.range(self.keys.flow_client(run))
         if kvs and kvs[0].lease == lease:
-            await self.store.revoke_lease(lease)
+            await self.kv.revoke_lease(lease)

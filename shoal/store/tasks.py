@@ -1,0 +1,358 @@
+"""Tasks in etcd: submit, read and list them, the node's step (complete finished attempts
+and claim new ones in one transaction), progress, cancel and requeue. Every state change
+is one transaction that compares what it read (mod_revision, create_revision) so
+concurrent nodes never double-apply."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from ..errors import Conflict, InvalidSpec, NotFound, TooLarge
+from ..logic import dag, transitions
+from ..model import TaskRecord, TaskState
+from ..model.keys import Keys
+from .dag import DagStore
+from .kv import KV, Etcd, cmp, delete_op, get_op, prefix_end, put_op, sub_txn
+from .nodes import NodeStore
+from .records import MAX_REQUEST_BYTES, MAX_VALUE_BYTES, decode, encode, put_record_ops, read_records
+
+
+@dataclass(frozen=True)
+class Completion:
+    """Commit the end of an attempt: `record` is the new state, computed from `read_rev`."""
+    record: TaskRecord
+    read_rev: int            # mod_revision of tasks/<id> the record was computed from
+    attempt_rev: int         # create_revision of running/<node>/<id>: fences stale attempts
+
+
+@dataclass(frozen=True)
+class Claim:
+    task_id: str
+    record: TaskRecord       # the running record to write
+    queue_key: bytes
+    queued_rev: int          # mod_revision of the queue key (== tasks/<id> when queued)
+
+
+@dataclass
+class StepResult:
+    revision: int
+    completed: list[bool] = field(default_factory=list)
+    # when a completion lost its compare: the current task record (or None if gone)
+    current: dict[str, tuple[TaskRecord | None, int]] = field(default_factory=dict)
+    claimed: list[bool] = field(default_factory=list)
+
+
+class TaskStore:
+    def __init__(self, kv: Etcd, keys: Keys, cascade: DagStore, nodes: NodeStore, max_txn_ops: int = 128):
+        self.kv = kv
+        self.keys = keys
+        self.dag = cascade      # moves a finished task's dependents in the same transaction
+        self.nodes = nodes      # a running task's node, to tell it to cancel
+        self.max_txn_ops = max_txn_ops
+
+    # -- submit, read, list ---------------------------------------------------------
+
+    def check_size(self, record: TaskRecord, value: bytes | None = None) -> bytes:
+        value = value if value is not None else encode(record)
+        if 2 * len(value) > MAX_VALUE_BYTES:  # the record is written twice (task and queue)
+            raise TooLarge(
+                f"task {record.spec.name or record.id}: its spec is {len(value):,} bytes encoded; etcd takes "
+                f"at most {MAX_REQUEST_BYTES:,} bytes a request and a task is stored twice while queued "
+                f"(keep it under {MAX_VALUE_BYTES // 2:,}). Put large env values or inputs in a file.")
+        return value
+
+    async def submit(self, records: list[TaskRecord]) -> list[TaskRecord]:
+        """Write new tasks; return them as written. Each is put only if its id is new, so
+        a retried submit cannot reset a task a node already claimed. A task with
+        dependencies goes in through submit_dependent, in order, after the ones before it."""
+        if any(r.spec.depends_on for r in records):
+            # all or none: every dependency outside the batch must exist before any is written
+            mine = {r.id for r in records}
+            outside = list(dict.fromkeys(d for r in records for d in r.spec.depends_on if d not in mine))
+            found = await self.get_many(outside)
+            missing = [f"tasks[{i}].depends_on: no task {d!r} (unknown id, or past its retention)"
+                       for i, r in enumerate(records) for d in r.spec.depends_on if d not in mine and d not in found]
+            if missing:
+                raise InvalidSpec(missing)
+            out: list[TaskRecord] = []
+            for r in records:
+                out += [await self.submit_dependent(r)] if r.spec.depends_on else await self.submit([r])
+            return out
+        encoded = [(r, self.check_size(r)) for r in records]
+        batch, size = [], 0
+        for record, value in encoded + [(None, b"")]:
+            if record is None or len(batch) >= self.max_txn_ops or size + 2 * len(value) > MAX_VALUE_BYTES:
+                if batch:
+                    await self.kv.txn([], batch)
+                batch, size = [], 0
+            if record is None:
+                break
+            batch.append(sub_txn([cmp(self.keys.task(record.id), "CREATE", 0)],
+                                 put_record_ops(self.keys, record, value)))
+            size += 2 * len(value)
+        return records
+
+    async def submit_dependent(self, record: TaskRecord) -> TaskRecord:
+        """Write a task that depends on others, in one transaction with its dependencies'
+        records (each gains it as a dependent), checking none of them moved meanwhile.
+        Its state follows from theirs: queued, waiting, or upstream_failed at once."""
+        deps = list(dict.fromkeys(record.spec.depends_on))
+        for _ in range(50):
+            current = await self.get_many(deps)
+            missing = [d for d in deps if d not in current]
+            if missing:
+                raise InvalidSpec([f"depends_on: no task {m!r} (unknown id, or past its retention)"
+                                   for m in missing])
+            states = {d: rec.state for d, (rec, _) in current.items()}
+            state, left, reason = dag.initial_state(states, record.spec.allow_failed_deps)
+            new = record.model_copy(update={"state": state, "deps_left": left, "reason": reason,
+                                            "finished_at": record.submitted_at if state.value == "upstream_failed" else None})
+            value = self.check_size(new)
+            compares = [cmp(self.keys.task(new.id), "CREATE", 0)]
+            lease = await self.kv.retention_lease() if new.is_final else 0
+            ops = put_record_ops(self.keys, new, value, lease)
+            if new.state == TaskState.waiting:
+                for d, (rec, rev) in current.items():
+                    if not rec.is_final:
+                        compares.append(cmp(self.keys.task(d), "MOD", rev))
+                        ops += put_record_ops(self.keys, rec.model_copy(
+                            update={"dependents": [*rec.dependents, new.id]}))
+            size = sum(op.request_put.ByteSize() for op in ops)
+            if size > MAX_REQUEST_BYTES - 64 * 1024:
+                raise TooLarge(
+                    f"task {new.spec.name or new.id}: it depends on {len(deps)} tasks that have not ended, "
+                    f"and recording that takes a {size:,}-byte etcd request (at most {MAX_REQUEST_BYTES:,}). "
+                    "Fan in through intermediate tasks (e.g. sum groups of 100, then the groups)")
+            resp = await self.kv.txn(compares, ops)
+            if resp.succeeded:
+                return new
+            existing = await self.get_many([new.id])
+            if existing:
+                return existing[new.id][0]  # a retried request that had landed
+        raise Conflict(f"task {record.id}: its dependencies kept changing; try again")
+
+    async def get_many(self, ids: list[str]) -> dict[str, tuple[TaskRecord, int]]:
+        """Records and mod revisions of `ids`, read together (one txn per 128)."""
+        return await read_records(self.kv, self.keys, ids)
+
+    async def get_task(self, task_id: str) -> tuple[TaskRecord, int]:
+        kvs, _, _ = await self.kv.range(self.keys.task(task_id))
+        if not kvs:
+            raise NotFound(f"no task {task_id!r} (it may never have existed, or has passed its retention)")
+        return decode(kvs[0].value), kvs[0].mod_revision
+
+    async def get_tasks(self, ids: list[str]) -> tuple[dict[str, TaskRecord], int]:
+        """Records for `ids` (missing ones left out) and the revision they were read at."""
+        raw, revision = await self.get_task_values(ids)
+        return {tid: decode(value) for tid, value in raw.items()}, revision
+
+    async def get_task_values(self, ids: list[str]) -> tuple[dict[str, bytes], int]:
+        """Encoded records for `ids`, for callers that only peek at a few fields. Ids are
+        time-ordered, so one range read between the smallest and largest covers them."""
+        if not ids:
+            return {}, 0
+        want = set(ids)
+        lo, hi = self.keys.task(min(ids)), self.keys.task(max(ids)) + b"\0"
+        found, revision = {}, 0
+        start = lo
+        while True:
+            kvs, more, rev = await self.kv.range(start, hi, limit=5000, revision=revision)
+            revision = revision or rev
+            for kv in kvs:
+                tid = self.keys.id_of(kv.key)
+                if tid in want:
+                    found[tid] = kv.value
+            if not more or not kvs:
+                return found, revision
+            start = kvs[-1].key + b"\0"
+
+    async def list_tasks(self, limit: int = 100, before: str | None = None,
+                         match=None) -> tuple[list[TaskRecord], str | None]:
+        """Newest first. `match(record) -> bool` filters; returns (records, next cursor)."""
+        out: list[TaskRecord] = []
+        end = self.keys.task(before) if before else prefix_end(self.keys.tasks)
+        while len(out) < limit:
+            kvs, more, _ = await self.kv.range(self.keys.tasks, end, limit=min(max(limit * 2, 200), 2000),
+                                               descend=True)
+            for kv in kvs:
+                rec = decode(kv.value)
+                if match is None or match(rec):
+                    out.append(rec)
+                    if len(out) >= limit:
+                        return out, rec.id
+            if not more or not kvs:
+                return out, None
+            end = kvs[-1].key
+        return out, (out[-1].id if out else None)
+
+    # -- the node's step: complete finished attempts and claim new ones in one txn ----
+
+    async def step(self, node_id: str, lease: int, completions: list[Completion],
+                   claims: list[Claim]) -> StepResult:
+        """One transaction: each completion and each claim is a nested transaction with
+        its own compare, so one lost race does not undo the rest."""
+        k = self.keys
+        ops = []
+        retention = await self.kv.retention_lease() if any(c.record.is_final for c in completions) else 0
+        touched: set[str] = set()
+        for c in completions:
+            rec = c.record
+            running = k.running(node_id, rec.id)
+            compares = [cmp(running, "CREATE", c.attempt_rev), cmp(k.task(rec.id), "MOD", c.read_rev)]
+            success = [delete_op(running), delete_op(k.cancel(node_id, rec.id)),
+                       *put_record_ops(self.keys, rec, lease=retention if rec.is_final else 0)]
+            if rec.is_final and rec.dependents:
+                # a DAG edge: its dependents move on in this very transaction, so no
+                # promotion is lost if this node dies right after
+                more = await self.dag.cascade(rec, touched)
+                if more is None:  # shares a dependent with an earlier completion here
+                    compares = [cmp(k.task(rec.id), "CREATE", -1)]  # cannot hold: next step
+                else:
+                    compares += more[0]
+                    success += more[1]
+                    touched |= more[2]
+            ops.append(sub_txn(compares, success, [get_op(k.task(rec.id)), get_op(running)]))
+        for c in claims:
+            ops.append(sub_txn(
+                [cmp(c.queue_key, "MOD", c.queued_rev), cmp(k.task(c.task_id), "MOD", c.queued_rev)],
+                [delete_op(c.queue_key), put_op(k.running(node_id, c.task_id), str(c.record.attempt).encode(), lease),
+                 put_op(k.task(c.task_id), encode(c.record))]))
+        result = StepResult(revision=0)
+        if not ops:
+            return result
+        resp = await self.kv.txn([], ops)
+        result.revision = resp.header.revision
+        for c, r in zip(completions, resp.responses[:len(completions)]):
+            ok = r.response_txn.succeeded
+            result.completed.append(ok)
+            if not ok:
+                task_kvs = r.response_txn.responses[0].response_range.kvs
+                run_kvs = r.response_txn.responses[1].response_range.kvs
+                if run_kvs and run_kvs[0].create_revision == c.attempt_rev and task_kvs:
+                    # the task record moved (a cancel request, a new dependent) or a
+                    # dependent did: recompute from what is there now and retry
+                    result.current[c.record.id] = (decode(task_kvs[0].value), task_kvs[0].mod_revision)
+                else:
+                    result.current[c.record.id] = (None, 0)  # fenced: the attempt is stale
+        result.claimed = [r.response_txn.succeeded for r in resp.responses[len(completions):]]
+        return result
+
+    async def delete_tasks(self, ids: list[str]) -> None:
+        """Remove task records (a deleted job). Running ones keep their running key until
+        their node notices the cancel; their late completion finds no record and is dropped."""
+        for i in range(0, len(ids), 64):
+            recs = await self.get_many(ids[i:i + 64])
+            ops = []
+            for tid, (rec, _) in recs.items():
+                ops += [delete_op(self.keys.task(tid)), delete_op(self.keys.queue(rec.spec.priority, tid))]
+            if ops:
+                await self.kv.txn([], ops)
+
+    async def put_progress(self, node_id: str, record: TaskRecord, read_rev: int, attempt_rev: int) -> int:
+        """Write a running task's progress if its attempt is still ours and the record
+        unchanged; the new mod revision, or 0 when something moved meanwhile."""
+        k = self.keys
+        resp = await self.kv.txn([cmp(k.running(node_id, record.id), "CREATE", attempt_rev),
+                                  cmp(k.task(record.id), "MOD", read_rev)],
+                                 [put_op(k.task(record.id), encode(record))])
+        return resp.header.revision if resp.succeeded else 0
+
+    # -- cancel, requeue ---------------------------------------------------------------
+
+    async def cancel(self, task_id: str, unstarted_only: bool = False) -> TaskRecord:
+        """Queued: cancelled at once. Running: flagged, and the node running it is told
+        through cancel/<node>/<id> (under the node's lease). Finished: Conflict.
+        `unstarted_only`: a running task is only cancelled if its node claimed it ahead
+        and has not started its process yet (the node decides; the record stays as is)."""
+        k = self.keys
+        for _ in range(20):
+            rec, rev = await self.get_task(task_id)
+            now = time.time()
+            if rec.is_final:
+                raise Conflict(f"task {task_id} already ended {rec.state.value}; nothing to cancel")
+            if rec.state in (TaskState.queued, TaskState.waiting, TaskState.held):
+                new = transitions.cancel_queued(rec, now)
+                lease = await self.kv.retention_lease()
+                compares, ops, _ = await self.dag.cascade(new)
+                resp = await self.kv.txn([cmp(k.task(task_id), "MOD", rev), *compares], [
+                    delete_op(k.queue(rec.spec.priority, task_id)), put_op(k.task(task_id), encode(new), lease), *ops])
+            elif unstarted_only:
+                node = await self.nodes.node(rec.node or "")
+                if node is None or rec.cancel_requested:
+                    return rec
+                new = rec
+                resp = await self.kv.txn([cmp(k.task(task_id), "MOD", rev)],
+                                         [put_op(k.cancel(node.id, task_id), b"unstarted", node.lease)])
+            else:
+                node = await self.nodes.node(rec.node or "")
+                new = transitions.request_cancel(rec)
+                ops = [put_op(k.task(task_id), encode(new))]
+                if node is not None:
+                    ops.append(put_op(k.cancel(node.id, task_id), b"", node.lease))
+                resp = await self.kv.txn([cmp(k.task(task_id), "MOD", rev)], ops)
+            if resp.succeeded:
+                return new
+        raise Conflict(f"task {task_id} kept changing while cancelling it; try again")
+
+    async def requeue_lost(self, task_id: str, node_id: str) -> TaskRecord | None:
+        """The reaper's move for a task whose node died: if its current attempt is still
+        the one on `node_id` and that node's running key is gone, retry it or fail it."""
+        k = self.keys
+        for _ in range(20):
+            try:
+                rec, rev = await self.get_task(task_id)
+            except NotFound:
+                return None
+            if rec.state != TaskState.running or rec.node != node_id:
+                return None
+            new = transitions.node_lost(rec, node_id, time.time())
+            value = encode(new)
+            lease = await self.kv.retention_lease() if new.is_final else 0
+            ops = [put_op(k.task(task_id), value, lease), delete_op(k.cancel(node_id, task_id))]
+            if new.state == TaskState.queued:
+                ops.append(put_op(k.queue(new.spec.priority, task_id), value))
+            more_cmp, more_ops, _ = await self.dag.cascade(new)
+            resp = await self.kv.txn([cmp(k.task(task_id), "MOD", rev),
+                                      cmp(k.running(node_id, task_id), "CREATE", 0), *more_cmp], ops + more_ops)
+            if resp.succeeded:
+                return new
+            # a live attempt (the running key exists) or a concurrent change: look again
+            kvs, _, _ = await self.kv.range(k.running(node_id, task_id))
+            if kvs:
+                return None
+        return None
+
+    async def release_orphan(self, node_id: str, task_id: str, attempt_rev: int) -> None:
+        """Drop a running key its node does not know it holds, and requeue the task."""
+        key = self.keys.running(node_id, task_id)
+        resp = await self.kv.txn([cmp(key, "CREATE", attempt_rev)], [delete_op(key)])
+        if resp.succeeded:
+            await self.requeue_lost(task_id, node_id)
+
+    async def tasks_in_state(self, state: str):
+        """Every task record in `state`, oldest first, read in pages."""
+        start, stop = self.keys.tasks, prefix_end(self.keys.tasks)
+        marker = f'"state":"{state}"'.encode()
+        while True:
+            kvs, more, _ = await self.kv.range(start, stop, limit=2000)
+            for kv in kvs:
+                if marker in kv.value:
+                    yield decode(kv.value)
+            if not more or not kvs:
+                return
+            start = kvs[-1].key + b"\0"
+
+    async def running_tasks(self) -> dict[str, set[str]]:
+        """node -> task ids with a live running key."""
+        kvs, _, _ = await self.kv.get_prefix(self.keys.all_running)
+        out: dict[str, set[str]] = {}
+        for kv in kvs:
+            out.setdefault(self.keys.node_of_running(kv.key), set()).add(self.keys.id_of(kv.key))
+        return out
+
+    async def running_on(self, node_id: str, revision: int = 0) -> list[KV]:
+        """The running keys of a node, now or as they were at `revision` (StoreCompacted
+        when etcd no longer holds that revision)."""
+        prefix = self.keys.running_on(node_id)
+        kvs, _, _ = await self.kv.range(prefix, prefix_end(prefix), revision=revision)
+        return kvs
