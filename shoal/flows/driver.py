@@ -1,9 +1,15 @@
 """The driver of one flow run, in the cluster: a node holding the elected role `flow/<run>`
-runs `FlowDriver.serve()`. It resumes from the run's record in etcd (a run taken over from
-a driver that died goes on where that one stopped), starts each attempt's instances as
-tasks, follows how they end, asks flows.state what comes next, and carries it out:
-restart, stop, commit the sinks once, finish. Only this role writes the record, and each
+runs `FlowDriver.serve()`. It starts each attempt's instances as tasks, follows how they
+end (their outcomes), asks flows.state what comes next, and carries it out: restart,
+stop, commit the sinks once, finish. Only this role writes the run's record, and each
 write checks that this node still holds the role.
+
+It resumes from the record, so a driver taking over from one that died goes on where that
+one stopped: a run found running keeps the current attempt, submitting again (under the
+same ids, which changes nothing for those that exist) any instance its predecessor had not
+submitted, and follows it; instances lost with the dead node make the attempt restart,
+counted like any loss. A run found committing commits again (commits are idempotent) and
+succeeds, so the output appears once.
 
 Blocking work (checks, range sampling, sink commits and aborts) runs in threads, and what
 it needs (polars, pyarrow, psycopg, fsspec) is imported there, never on the node's loop."""
@@ -13,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import AsyncContextManager, Callable, Protocol
+from typing import TYPE_CHECKING, AsyncContextManager, Callable, Protocol
 
 from ..errors import Conflict, FlowFailed, InvalidSpec, NotFound, ShoalError
 from ..model import TaskRecord, TaskSpec
@@ -24,6 +30,9 @@ from .run import FlowRunRecord, FlowState
 from .state import (AbortSinks, Action, ClientGone, CancelRequested, Begin, Commit, CommitFailed, Committed,
                     Event, Finish, FollowAttempt, InstanceEnded, Prepare, Prepared, Refused, RunState,
                     StartAttempt, StopInstances, Tick, WakeAt, Who, decide)
+
+if TYPE_CHECKING:
+    from ..store import Store
 
 log = logging.getLogger("shoal.flows.driver")
 
@@ -78,7 +87,7 @@ def _sinks(plan: Plan, what: str, run: str, attempt: int) -> None:
 
 
 class FlowDriver:
-    def __init__(self, store, run: str, node_id: str, feed: TaskFeed,
+    def __init__(self, store: "Store", run: str, node_id: str, feed: TaskFeed,
                  clock: Callable[[], float] = time.time):
         self.store, self.run, self.node_id, self.feed, self.clock = store, run, node_id, feed, clock
         self.record: FlowRunRecord | None = None
