@@ -49,8 +49,8 @@ class LostDriverRole(Exception):
 
 
 class _Crashed:
-    """A helper task of the driver failed: the driver stops with its error, and the role
-    passes on (to this node or another) to resume from the record."""
+    """The driver's follower task failed: the driver stops with its error, and the role
+    passes on (to this node or another), which resumes from the record."""
     def __init__(self, error: BaseException):
         self.error = error
 
