@@ -9,7 +9,9 @@
     │   └── StoreFull        etcd refuses writes: its database hit its space quota
     ├── StoreCompacted       a read at a revision etcd has compacted away (read the present instead)
     ├── ClusterError         a local cluster could not be started or stopped
-    └── TaskFailed           wait() on a task that ended failed, when asked to raise
+    ├── TaskFailed           wait() on a task that ended failed, when asked to raise
+    ├── FlowFailed           a flow run ended failed (the message says which instance and why)
+    └── FlowCancelled        a flow run ended cancelled
 """
 from __future__ import annotations
 
@@ -63,3 +65,13 @@ class TaskFailed(ShoalError):
         self.remote_message = error.get("message")
         self.remote_traceback = error.get("traceback")
         super().__init__(f"task {task.id} ended {getattr(task.state, 'value', task.state)}: {task.reason_text()}")
+
+
+class FlowFailed(ShoalError):
+    def __init__(self, run: str, message: str, stage: str | None = None, stderr: str = ""):
+        self.run, self.stage, self.stderr = run, stage, stderr
+        super().__init__(f"flow run {run} failed: {message}" + (f"\n{stderr}" if stderr else ""))
+
+
+class FlowCancelled(ShoalError):
+    pass
