@@ -53,7 +53,7 @@ TARGET_WC_SECONDS_PER_GIB = 12.0   # word count: 1 GB in <= 12 s
 WC_PEERS = ("coreutils", "mawk", "dask", "polars")
 SORT_PEERS = ("coreutils", "polars")
 INSTALL = {"mawk": "apt-get install -y mawk", "dask": "pip install 'dask[bag]'  (or pip install -e '.[bench]')",
-           "polars": "pip install polars", "coreutils": "apt-get install -y coreutils"}
+           "polars": "pip install -e '.[flows]'", "coreutils": "apt-get install -y coreutils"}
 CHILD_TAG = "FLOWBENCH-RESULT "
 
 _running: dict[int, subprocess.Popen] = {}   # pid -> child being timed (its own process group)

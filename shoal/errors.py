@@ -22,6 +22,7 @@ and how problems found in input are collected (`Problems`) and worded (`describe
         ├── SetupError           an attempt could not start (its cwd, stdin or command is missing)
         ├── FilterFailed         a stage's command exited non-zero (with the end of its stderr)
         ├── BadRecordsExceeded   a stage instance saw more malformed records than the flow tolerates
+        ├── LostDriverRole       this node no longer holds a flow run's driver role: another drives it
         └── StreamError          the flow data plane between stage instances
             ├── StreamBroken     a peer went away or sent something that is not a frame
             ├── UpstreamFailed   an upstream instance failed and said so
@@ -154,6 +155,10 @@ class FilterFailed(InternalError):
 
 class BadRecordsExceeded(InternalError):
     pass
+
+
+class LostDriverRole(InternalError):
+    """The run record could not be written: this node no longer holds the run's driver role."""
 
 
 class StreamError(InternalError):

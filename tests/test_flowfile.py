@@ -9,7 +9,10 @@ import pytest
 
 import shoal
 from shoal.errors import InvalidSpec
-from shoal.flows.driver import FlowRun, classify
+from shoal.client.flows import check
+from shoal.flows.outcome import outcome_of
+from shoal.flows.run import FlowState
+from shoal.flows.state import Finish, InstanceEnded, RunState, StartAttempt, decide
 from shoal.flows.file import parse_flow
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -100,7 +103,7 @@ def test_missing_source_and_existing_sink_are_reported_before_any_task(tmp_path)
     spec, _ = parse_flow("name: x\nstages:\n  - name: a\n    read: nothing-here/*.txt\n    op: words\n"
                          "    write: out.tsv\n", str(tmp_path))
     with pytest.raises(InvalidSpec) as e:
-        FlowRun(None, spec, tmp_path).check()      # no cluster is needed to know
+        check(spec)      # no cluster is needed to know
     msg = str(e.value)
     assert "nothing-here/*.txt" in msg and "out.tsv" in msg and "overwrite: true" in msg
     assert (tmp_path / "out.tsv").read_text() == "old\n"
@@ -117,6 +120,21 @@ def test_fluent_api_builds_the_same_plan_as_the_yaml(tmp_path):
     from shoal.flows.plan import plan_or_raise
     plan = plan_or_raise(spec)
     assert plan.stages["read"].outputs[0].combine is not None
+
+
+def classify(records) -> tuple[str, object]:
+    """What the driver decides once these instance tasks have ended without writing an
+    outcome (their exit codes are the fallback): ("fail" | "restart", the record named)."""
+    who = {(f"s{i}", 0): r for i, r in enumerate(records)}
+    run, actions = RunState(run="r", state=FlowState.running, attempt=1, instances=tuple(who), restarts=2), []
+    for w, r in who.items():
+        run, more = decide(run, InstanceEnded(1, w, outcome_of(r, None)), now=0.0)
+        actions += more
+    last = actions[-1]
+    if isinstance(last, Finish):
+        return "fail", who[(last.failure.stage, 0)]
+    assert isinstance(last, StartAttempt)
+    return "restart", next(r for (stage, _), r in who.items() if last.restart.why.startswith(f"{stage}["))
 
 
 def test_a_lost_instance_restarts_but_its_own_failure_does_not():
@@ -174,3 +192,29 @@ def test_range_edge_needs_a_file_reading_sender_and_bounds_split_evenly():
     from shoal.flows.sampling import bounds
     keys = [f"k{i:03d}" for i in range(300)]
     assert bounds(keys, 3) == ["k100", "k200"] and bounds(keys, 1) == [] and bounds([], 4) == []
+
+
+def test_without_the_flows_extra_tasks_still_work_and_flows_say_what_to_install():
+    import os
+    import subprocess
+    import sys
+    # as if the `flows` extra were not installed: importing any of these fails
+    block = "import sys; sys.modules.update(dict.fromkeys(['polars', 'pyarrow', 'numpy', 'psycopg']))\n"
+    env = dict(os.environ, SHOAL_ADDRESS="http://127.0.0.1:9")
+    code = block + "import shoal.node.node, shoal.api.app, shoal.cli.main, shoal.client.flows, shoal.flows.coordinator\n"
+    p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    code = block + (f"sys.argv = ['shoal', 'flow', 'run', {str(EXAMPLES / 'wordcount.yaml')!r}]\n"
+                    "from shoal.cli.main import run\nrun()\n")
+    p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 1 and "pip install 'shoal[flows]'" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_instance_settings_are_read_once_from_what_the_node_hands_it():
+    from shoal.flows.instance import InstanceSettings
+    s = InstanceSettings.from_env({"SHOAL_ETCD": "http://a:2379,http://b:2379", "SHOAL_PREFIX": "/p/",
+                                   "SHOAL_DATA_HOST": "10.0.0.5", "SHOAL_FLOW_DIR": "/data/flow",
+                                   "SHOAL_NODE": "node-3", "SHOAL_SPILL_BYTES": "1000000"})
+    assert s == InstanceSettings(etcd=["http://a:2379", "http://b:2379"], prefix="/p/", data_host="10.0.0.5",
+                                 flow_dir="/data/flow", node="node-3", spill_bytes=1000000)
+    assert InstanceSettings.from_env({}) == InstanceSettings(etcd=["http://127.0.0.1:2379"])

@@ -317,3 +317,155 @@ def test_range_edge_sort_balances_instances_and_concatenates_in_order(cluster, t
     assert sorted(got) == sorted(lines)
     shares = [i["in"] for s in result.stages if s["name"] == "sorted" for i in s["instances"]]
     assert len(shares) == 3 and min(shares) > 50000 / 3 * 0.6, shares   # sampled ranges: even shares
+
+
+# -- the run is driven in the cluster --------------------------------------------------------
+
+SLOW = ("name: slow\nrestarts: 2\nstages:\n"
+        "  - name: slow\n    read: {path: in.tsv, chunk: 64K}\n    parallelism: 3\n    cpus: 1\n"
+        "    command: \"while read a b c; do printf '%s\\\\t%s\\\\n' $a $b; sleep 0.002; done\"\n"
+        "  - name: total\n    input: {from: slow, edge: hash, key: 2}\n    parallelism: 2\n"
+        "    op: {reduce: {key: 2, value: 1, fn: sum}}\n    write: {path: out.tsv}\n")
+
+
+def slow_input(tmp_path: Path) -> list[list[str]]:
+    """~400 KB in 64K chunks, so each slow instance has lines to work on for a few seconds;
+    returns what the single-process reference makes of it."""
+    rows = [(i, "x" if i % 3 else "y") for i in range(3000)]
+    (tmp_path / "in.tsv").write_text("".join(f"{i}\t{k}\t{'p' * 120}\n" for i, k in rows))
+    totals = collections.Counter()
+    for i, k in rows:
+        totals[k] += i
+    return sorted([k, str(n)] for k, n in totals.items())
+
+
+def wait_until_busy(c, run_id: str | None = None, timeout_s: float = 60) -> dict:
+    """The status of a run once its first attempt has instances at work."""
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        for run in ([{"id": run_id}] if run_id else c.flows()):
+            st = c.flow_status(run["id"])
+            if st["state"] == "running" and any(i["state"] == "running" and i.get("in", 0) > 0
+                                                for s in st["stages"] for i in s["instances"]):
+                return st
+        time.sleep(0.1)
+    raise AssertionError("no flow run got busy")
+
+
+def test_sigkill_of_the_flow_run_command_leaves_the_run_to_the_cluster(cluster, tmp_path):
+    want = slow_input(tmp_path)
+    (tmp_path / "slow.yaml").write_text(SLOW)
+    api = cluster.state()["nodes"][0]["api"]
+    cli = subprocess.Popen([sys.executable, "-m", "shoal", "flow", "run", "-q", str(tmp_path / "slow.yaml")],
+                           env=dict(os.environ, SHOAL_ADDRESS=api), stdin=subprocess.DEVNULL,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        with shoal.connect(api) as c:
+            st = wait_until_busy(c)
+            os.kill(cli.pid, 9)
+            assert cli.wait(10) == -9
+            result = c.follow_flow(st["id"])
+            final = c.flow_status(st["id"])
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+            cli.wait()
+    assert result.attempts == 1 and final["state"] == "succeeded"
+    assert sorted(read_tsv(tmp_path / "out.tsv")) == want           # committed, once
+    assert not list(tmp_path.glob(".out.tsv*"))
+
+
+def test_sigkill_of_the_node_driving_a_run_hands_it_to_another(make_cluster, tmp_path):
+    cluster = make_cluster(nodes=3, lease_ttl_s=2)
+    want = slow_input(tmp_path)
+    spec, _ = parse_flow(SLOW, str(tmp_path))
+    nodes = {n["id"]: n["api"] for n in cluster.state()["nodes"]}
+    with shoal.connect(nodes["node-1"]) as c:
+        run_id = c.start_flow(spec, str(tmp_path))
+        st = wait_until_busy(c, run_id)
+    driver = st["driver"]
+    assert driver in nodes
+    cluster.kill_node(driver, sig=9)
+    survivor = next(api for node, api in nodes.items() if node != driver)
+    with shoal.connect(survivor) as c:
+        result = c.follow_flow(run_id)
+        final = c.flow_status(run_id)
+    assert final["state"] == "succeeded" and final["driver"] not in (None, driver)
+    assert sorted(read_tsv(tmp_path / "out.tsv")) == want           # committed, once
+    assert not list(tmp_path.glob(".out.tsv*"))
+    # instances on the dead node were lost: the new driver restarted the attempt and said why
+    lost = [i for s in st["stages"] for i in s["instances"] if i["node"] == driver]
+    assert result.attempts == (2 if lost else 1)
+    assert len(final["restarted"]) == result.attempts - 1
+
+
+def test_detach_then_status_watch_follows_the_run_to_its_end(cluster, tmp_path):
+    text = copy_example(tmp_path, "wordcount.yaml")
+    (tmp_path / "wc.yaml").write_text(text)
+    (tmp_path / "bad.yaml").write_text("name: bad\nstages:\n  - name: boom\n    read: data/text1.txt\n"
+                                       "    command: \"cat >/dev/null; echo 'disk on fire' >&2; exit 7\"\n"
+                                       "    write: out.txt\n")
+    env = dict(os.environ, SHOAL_ADDRESS=cluster.state()["nodes"][0]["api"])
+
+    def shoal_cli(*args):
+        return subprocess.run([sys.executable, "-m", "shoal", "flow", *args], capture_output=True, text=True,
+                              env=env, timeout=120, stdin=subprocess.DEVNULL)
+
+    started = shoal_cli("run", "--detach", str(tmp_path / "wc.yaml"))
+    assert started.returncode == 0, started.stderr
+    run_id = started.stdout.strip()
+    assert run_id.startswith("wordcount-")
+    watched = shoal_cli("status", run_id, "-w")
+    assert watched.returncode == 0, watched.stderr
+    assert "succeeded" in watched.stdout + watched.stderr
+    got = [(w, int(n)) for w, n in read_tsv(tmp_path / "top10.tsv")]
+    assert got == top10_reference(sorted((tmp_path / "data").glob("text*.txt")))
+    failed = shoal_cli("status", shoal_cli("run", "-d", str(tmp_path / "bad.yaml")).stdout.strip(), "-w")
+    assert failed.returncode == 1 and "boom[0]" in failed.stderr and "disk on fire" in failed.stderr
+    # a flow that needs its client cannot be detached
+    (tmp_path / "cat.yaml").write_text("name: cat\nstages:\n  - name: c\n    read: '-'\n    op: pass\n"
+                                       "    write: '-'\n")
+    refused = shoal_cli("run", "-d", str(tmp_path / "cat.yaml"))
+    assert refused.returncode == 1 and "cannot be detached" in refused.stderr
+
+
+def test_a_stdin_flow_fails_when_its_client_dies_and_writes_nothing(cluster, tmp_path):
+    (tmp_path / "feed.yaml").write_text(
+        "name: fed\nstages:\n  - name: slow\n    read: '-'\n    parallelism: 2\n"
+        "    command: \"while read a; do echo $a; sleep 0.01; done\"\n    write: {path: out.txt}\n")
+    api = cluster.state()["nodes"][0]["api"]
+    cli = subprocess.Popen([sys.executable, "-m", "shoal", "flow", "run", "-q", str(tmp_path / "feed.yaml")],
+                           env=dict(os.environ, SHOAL_ADDRESS=api), stdin=subprocess.PIPE,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        cli.stdin.write("".join(f"line {i}\n" for i in range(5000)).encode())
+        cli.stdin.close()
+        with shoal.connect(api) as c:
+            st = wait_until_busy(c)
+            os.kill(cli.pid, 9)
+            cli.wait(10)
+            with pytest.raises(FlowFailed) as e:
+                c.follow_flow(st["id"])
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+            cli.wait()
+    assert "its input client went away" in str(e.value)
+    assert not (tmp_path / "out.txt").exists() and not list(tmp_path.glob(".out.txt*"))
+
+
+def test_a_bad_run_record_is_refused_naming_the_field(cluster):
+    import httpx
+    api = cluster.state()["nodes"][0]["api"]
+    bad = {"id": "x 1", "name": "x", "base_dir": "/tmp",
+           "spec": {"name": "x", "stages": [{"name": "a", "read": "in.txt", "op": "pass", "parallelism": 0}]}}
+    r = httpx.post(f"{api}/v1/flows", json=bad)
+    assert r.status_code == 422
+    problems = r.json()["problems"]
+    assert any(p.startswith("id:") for p in problems), problems
+    assert any(p.startswith("spec.stages") and "parallelism" in p for p in problems), problems
+    running = {"id": "x-1", "name": "x", "base_dir": "/tmp", "state": "running",
+               "spec": {"name": "x", "stages": [{"name": "a", "read": "-", "op": "pass", "write": "o.txt"}]}}
+    r = httpx.post(f"{api}/v1/flows", json=running)
+    assert r.status_code == 422 and any(p.startswith("state:") for p in r.json()["problems"])
+    assert any(p.startswith("client:") for p in r.json()["problems"])

@@ -30,8 +30,8 @@ STATUS: dict[type[ShoalError], int] = {
 }
 """Status per class; a class not listed takes its nearest listed ancestor's. Deliberately
 500 (a bug if one reaches an HTTP answer): ShoalError raised bare, and InternalError with
-its branch (SetupError, FilterFailed, BadRecordsExceeded, StreamError, StreamBroken,
-UpstreamFailed, UpstreamLost), which are caught on the node that raised them."""
+its branch (SetupError, FilterFailed, BadRecordsExceeded, LostDriverRole, StreamError,
+StreamBroken, UpstreamFailed, UpstreamLost), which are caught on the node that raised them."""
 
 INTERNAL = (errors.ShoalError, errors.InternalError)
 

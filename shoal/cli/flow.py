@@ -12,7 +12,7 @@ from rich.live import Live
 from rich.table import Table
 
 from ..errors import FlowCancelled, FlowFailed, InvalidSpec
-from ..client.flows import load_flow
+from ..client.flows import load_flow, require_runtime
 from .common import client_for
 from .output import Output, console, err_console, print_json, state_text
 
@@ -23,8 +23,8 @@ app = typer.Typer(no_args_is_help=True, rich_markup_mode="rich", help=(
     "Dataflows: stages of shell commands, Python functions or built-in operators (words, count, "
     "reduce, sort, top, distinct, join), joined by scatter / hash / broadcast / collect / merge_sorted "
     "edges. Data moves over direct TCP between the stage instances.\n\n"
-    "[bold]shoal flow run examples/wordcount.yaml[/]\n"
-    "[bold]shoal flow status RUN[/]   [bold]shoal flow cancel RUN[/]   [bold]shoal flow ls[/]"))
+    "[bold]shoal flow run examples/wordcount.yaml[/]   [bold]shoal flow run -d FILE[/] (detached)\n"
+    "[bold]shoal flow status RUN[/] (-w: until it ends)   [bold]shoal flow cancel RUN[/]   [bold]shoal flow ls[/]"))
 
 
 def register(root: typer.Typer) -> None:
@@ -73,72 +73,125 @@ def validate(file: Path = typer.Argument(..., exists=True, dir_okay=False, help=
     print(f"{spec.name}: ok, {len(plan.stages)} stages, {plan.instances} instances")
 
 
-@app.command("run", help="Run a flow to the end, showing each stage instance live (records in and out, "
-                         "rate). Output files appear only when the whole flow succeeded; a lost instance "
-                         "restarts the run (up to `restarts:`).\n\n"
-                         "[bold]shoal flow run wordcount.yaml[/]\n"
-                         "[bold]cat access.log | shoal flow run logs.yaml > errors.tsv[/]   (read: '-', write: '-')\n\n"
-                         "Exit status: 0 on success, 1 when the flow failed (the failing stage's stderr is "
-                         "shown), 2 when the file is not valid. With no cluster (no --address, $SHOAL_ADDRESS "
-                         "or `shoal up`) it runs on a local cluster started for it.")
-def run(file: Path = typer.Argument(..., exists=True, dir_okay=False, help="The flow file (YAML)."),
-        address: Optional[str] = ADDRESS, output: Output = OUTPUT,
-        quiet: bool = typer.Option(False, "--quiet", "-q", help="No live status.")):
-    spec, _ = _load(file)
-    live = output == Output.table and err_console.is_terminal and not quiet
-    board = {"status": {"id": "-", "state": "starting", "attempt": 1, "stages": []}}
-    view = Live(status_table(board["status"]), console=err_console, refresh_per_second=2) if live else nullcontext()
+def _report(e: Exception) -> None:
+    print(f"Error: {e}", file=sys.stderr)
+    raise typer.Exit(130 if isinstance(e, FlowCancelled) else 1) from None
 
-    def on_status(status: dict) -> None:
-        board["status"] = status
-        if live:
-            view.update(status_table(status))
 
-    t0 = time.time()
-    with client_for(address, embedded=True) as c:
-        try:
-            with view:
-                result = c.run_flow(spec, str(file.parent), stdin=sys.stdin.buffer,
-                                    stdout=sys.stdout.buffer, on_status=on_status)
-        except FlowCancelled as e:
-            print(f"Error: {e}", file=sys.stderr)
-            raise typer.Exit(130) from None
-        except FlowFailed as e:
-            print(f"Error: {e}", file=sys.stderr)
-            raise typer.Exit(1) from None
+def _summary(result, output: Output, quiet: bool, seconds: float) -> None:
     if output == Output.json:
         print_json({"id": result.run, "state": "succeeded", "attempts": result.attempts,
                     "seconds": round(result.seconds, 3), "bad_records": result.bad_records,
                     "stages": result.stages})
     elif not quiet:
         total_in = sum(i.get("in", 0) for s in result.stages for i in s["instances"])
-        err_console.print(f"flow {result.run} succeeded in {time.time() - t0:.2f}s "
+        err_console.print(f"flow {result.run} succeeded in {seconds:.2f}s "
                           f"({result.attempts} attempt{'s' if result.attempts > 1 else ''}, "
                           f"{total_in:,} records handled"
                           + (f", {result.bad_records} bad records skipped" if result.bad_records else "") + ")",
                           highlight=False)
 
 
+def _live(output: Output, quiet: bool, first: dict):
+    """A live status table on a terminal (stderr), and the callback that refreshes it."""
+    live = output == Output.table and err_console.is_terminal and not quiet
+    view = Live(status_table(first), console=err_console, refresh_per_second=2) if live else nullcontext()
+
+    def on_status(status: dict) -> None:
+        if live:
+            view.update(status_table(status))
+    return view, on_status
+
+
+@app.command("run", help="Run a flow to the end, showing each stage instance live (records in and out, "
+                         "rate). A node of the cluster drives the run: output files appear only when the "
+                         "whole flow succeeded, exactly once, and a lost instance or node restarts the run "
+                         "(up to `restarts:`).\n\n"
+                         "[bold]shoal flow run wordcount.yaml[/]\n"
+                         "[bold]shoal flow run -d wordcount.yaml[/]   (print the run id and return; "
+                         "`shoal flow status RUN -w` follows it)\n"
+                         "[bold]cat access.log | shoal flow run logs.yaml > errors.tsv[/]   (read: '-', write: '-')\n\n"
+                         "If this command is killed, a flow of files runs on in the cluster "
+                         "(`shoal flow status RUN -w` follows it again). A flow that reads stdin or writes "
+                         "to stdout needs this command until it ends: if it dies, the run fails (\"its input "
+                         "client went away\") and writes nothing; Ctrl-C cancels such a run.\n\n"
+                         "Exit status: 0 on success, 1 when the flow failed (the failing stage's stderr is "
+                         "shown), 2 when the file is not valid, 130 when the run was cancelled. With no "
+                         "cluster (no --address, $SHOAL_ADDRESS or `shoal up`) it runs on a local cluster "
+                         "started for it (not with --detach).")
+def run(file: Path = typer.Argument(..., exists=True, dir_okay=False, help="The flow file (YAML)."),
+        address: Optional[str] = ADDRESS, output: Output = OUTPUT,
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="No live status."),
+        detach: bool = typer.Option(False, "--detach", "-d", help="Submit the run, print its id and return.")):
+    spec, _ = _load(file)
+    require_runtime()    # before any cluster is started for it
+    if detach:
+        with client_for(address) as c:
+            run_id = c.start_flow(spec, str(file.parent))
+        if output == Output.json:
+            print_json({"id": run_id, "state": "pending"})
+        else:
+            print(run_id)
+        return
+    view, on_status = _live(output, quiet, {"id": "-", "state": "starting", "attempt": 1, "stages": []})
+    t0 = time.time()
+    submitted: list[str] = []
+    with client_for(address, embedded=True) as c:
+        try:
+            with view:
+                result = c.run_flow(spec, str(file.parent), stdin=sys.stdin.buffer, stdout=sys.stdout.buffer,
+                                    on_status=on_status, started=submitted.append)
+        except (FlowCancelled, FlowFailed) as e:
+            _report(e)
+        except KeyboardInterrupt:
+            if submitted:
+                err_console.print(f"flow {submitted[0]}: no longer followed here; a flow of files runs on in "
+                                  f"the cluster (`shoal flow status {submitted[0]} -w`, "
+                                  f"`shoal flow cancel {submitted[0]}`)", highlight=False)
+            raise typer.Exit(130) from None
+    _summary(result, output, quiet, time.time() - t0)
+
+
 @app.command("status", help="A flow run's stages and instances: state, node, records in/out, rate.\n\n"
-                            "[bold]shoal flow status RUN[/]   [bold]shoal flow status -w RUN[/] (live until it ends)")
+                            "[bold]shoal flow status RUN[/]\n"
+                            "[bold]shoal flow status -w RUN[/]   (live until it ends; exits as `shoal flow run` "
+                            "would: 0 succeeded, 1 failed, 130 cancelled)")
 def status(run_id: str = typer.Argument(..., help="The run id (`shoal flow ls`)."),
-           watch: bool = typer.Option(False, "--watch", "-w", help="Refresh until the run ends."),
+           watch: bool = typer.Option(False, "--watch", "-w", help="Follow the run until it ends."),
            address: Optional[str] = ADDRESS, output: Output = OUTPUT):
     with client_for(address) as c:
         st = c.flow_status(run_id)
-        if output == Output.json:
-            print_json(st)
-            return
         if not watch:
+            if output == Output.json:
+                print_json(st)
+                return
             console.print(status_table(st))
             if st.get("error"):
                 print(st["error"], file=sys.stderr)
             return
-        with Live(status_table(st), console=console, refresh_per_second=2) as view:
-            while st.get("state") not in ("succeeded", "failed", "cancelled"):
-                time.sleep(0.5)
-                st = c.flow_status(run_id)
-                view.update(status_table(st))
+        live = output == Output.table and console.is_terminal
+        view = Live(status_table(st), console=console, refresh_per_second=2) if live else nullcontext()
+        last = {"status": st}
+
+        def on_status(status: dict) -> None:
+            last["status"] = status
+            if live:
+                view.update(status_table(status))
+        try:
+            with view:
+                result = c.follow_flow(run_id, on_status=on_status)
+        except (FlowCancelled, FlowFailed) as e:
+            if output == Output.json:
+                print_json(last["status"])
+            elif not live:
+                console.print(status_table(last["status"]))
+            _report(e)
+    if output == Output.json:
+        print_json(last["status"])
+        return
+    if not live:
+        console.print(status_table(last["status"]))
+    _summary(result, Output.table, False, result.seconds)
 
 
 @app.command("cancel", help="Stop every instance of a flow run. Its outputs are not written.")

@@ -373,16 +373,39 @@ class AsyncClient:
         return await self.request_json("GET", "/v1/health")
 
     # -- flows ---------------------------------------------------------------------------
-    # The flow package (above this one for flows) owns these bodies: it is imported only
-    # inside them, so the client never depends on it at import time.
+    # A node of the cluster drives each run; client/flows.py holds this side of it: the
+    # checks, the submission, following a run, and feeding stdin / receiving stdout. It is
+    # imported only inside these methods, so the client never loads it at import time.
 
     async def run_flow(self, spec, base_dir: str = ".", **kw):
         """Run a flow (a FlowSpec, or a Flow from shoal.flow()) to the end; a FlowResult.
         Keywords: stdin, items (an iterable for a stage that reads one), stdout (a binary
-        file for a stage that writes '-'), on_status (called with the live status)."""
-        from ..flows.driver import run_flow
+        file for a stage that writes '-'), on_status (called with the live status),
+        started (called with the run id once submitted)."""
+        from .flows import run_flow
         spec = spec.spec() if hasattr(spec, "spec") and callable(spec.spec) else spec
         return await run_flow(self, spec, base_dir, **kw)
+
+    async def start_flow(self, spec, base_dir: str = ".") -> str:
+        """Submit a flow of files and return its run id at once; the cluster runs it to the
+        end whatever becomes of this client (follow it with follow_flow)."""
+        from .flows import start_flow
+        spec = spec.spec() if hasattr(spec, "spec") and callable(spec.spec) else spec
+        return await start_flow(self, spec, base_dir)
+
+    async def follow_flow(self, run: str, on_status=None, status_every_s: float = 1.0):
+        """Wait for a run to end; a FlowResult, or FlowFailed / FlowCancelled."""
+        from .flows import follow_flow
+        return await follow_flow(self, run, on_status=on_status, status_every_s=status_every_s)
+
+    async def submit_flow(self, record) -> dict:
+        """Submit a run record (a FlowRunRecord, state pending): {"id", "client_lease"}."""
+        return await self.request_json("POST", "/v1/flows", json=record.to_json())
+
+    async def flow_record(self, run: str, after: int = 0, timeout: float = 20.0) -> dict:
+        """{"record", "revision"}: the run's record once it changed after `after` (long poll)."""
+        return await self.request_json("GET", f"/v1/flows/{run}/record", params={"after": after, "timeout": timeout},
+                                timeout=httpx.Timeout(timeout + 15))
 
     async def flow_status(self, run: str) -> dict:
         """A flow run's record, with each stage's instances: state, node, records in/out."""
@@ -393,3 +416,19 @@ class AsyncClient:
 
     async def cancel_flow(self, run: str) -> dict:
         return await self.request_json("POST", f"/v1/flows/{run}/cancel")
+
+    async def flow_endpoints(self, run: str, attempt: int, stage: str, count: int, timeout: float = 60.0) -> list[str]:
+        """The data addresses of a stage's instances in one attempt, once all have started."""
+        return (await self.request_json("GET", f"/v1/flows/{run}/{attempt}/endpoints/{stage}",
+                                 params={"count": count, "timeout": timeout},
+                                 timeout=httpx.Timeout(timeout + 15)))["endpoints"]
+
+    async def put_flow_endpoint(self, run: str, attempt: int, stage: str, index: int, address: str) -> None:
+        await self.request_json("PUT", f"/v1/flows/{run}/{attempt}/endpoints/{stage}/{index}", json={"address": address})
+
+    async def keep_flow_client(self, run: str, lease: int) -> None:
+        """Tell the run its client (feeding stdin, receiving stdout) is still there."""
+        await self.request_json("POST", f"/v1/flows/{run}/client", json={"lease": lease})
+
+    async def release_flow_client(self, run: str, lease: int) -> None:
+        await self.request_json("DELETE", f"/v1/flows/{run}/client", params={"lease": lease})

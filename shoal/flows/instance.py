@@ -6,13 +6,17 @@ It reads the run's spec from etcd, listens for its upstream streams (publishing 
 address in etcd), connects to every instance of each downstream stage, and then moves
 batches: in from its source chunks or its streams, through its work (a built-in operator,
 a shell command or a Python function), out through routers (with a combiner where the
-downstream operator aggregates) and into its sink. It exits 0 once everything it owes
-downstream has been sent and acknowledged by the END frames; any failure exits 1 with
-the reason on stderr, which the driving client reports."""
+downstream operator aggregates) and into its sink. It is done once everything it owes
+downstream has been sent and acknowledged by the END frames. Either way it writes its
+outcome (flows.outcome) to etcd before it exits; the driver decides from that.
+
+Its settings come from the environment the node gives it, read once, here at the entry
+point, into InstanceSettings and passed down."""
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import importlib
 import os
 import shutil
@@ -20,15 +24,19 @@ import sys
 import tempfile
 import time
 import types
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
 import cloudpickle
 import polars as pl
 
 from ..errors import BadRecordsExceeded, FilterFailed, StreamBroken, UpstreamFailed, UpstreamLost
 from ..exec.filter import run_filter
+from .outcome import EXIT_BAD_RECORDS, EXIT_COMMAND, EXIT_FAILED, EXIT_LOST, EXIT_UPSTREAM, Outcome, OutcomeKind
 from .plan import Output, Plan, StagePlan, plan_or_raise
-from .spec import EdgeSpec, FlowSpec
+from .run import CLIENT
+from .spec import EdgeSpec
 from ..store import Store
 from ..streams.framing import END, FRAME, decode_batch, encode_batch
 from ..streams.inbox import Inbox
@@ -40,15 +48,33 @@ from .records import count_records, to_frame, to_text
 from .sinks import make_sink
 from .sources import plan_pieces, read_chunk
 
-# exit statuses: the driving client restarts the run only for a lost peer
-EXIT_COMMAND, EXIT_BAD_RECORDS, EXIT_LOST, EXIT_UPSTREAM = 3, 4, 75, 76
-CLIENT = "__client__"           # the pseudo-stage of the client: stdout sinks and stdin sources
-CONNECT_TIMEOUT_S = 120.0
-STATS_EVERY_S = 1.0
+OUTCOME_TIMEOUT_S = 10.0        # how long writing the outcome may take before the exit code alone says it
+
+
+@dataclass(frozen=True)
+class InstanceSettings:
+    etcd: list[str]                     # the node's etcd endpoints
+    prefix: str = "/shoal/"             # the cluster's key prefix
+    data_host: str = "127.0.0.1"        # the address to serve this instance's input on
+    flow_dir: str | None = None         # the flow's directory: relative paths and 'module:function'
+    node: str | None = None             # the node running it, for counters and messages
+    spill_bytes: int = 0                # sort's in-memory budget (0: the stage's memory, else default_memory())
+    connect_timeout_s: float = 120.0    # for every peer to publish its address
+    stats_every_s: float = 1.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> "InstanceSettings":
+        """What the node (SHOAL_ETCD, SHOAL_PREFIX, SHOAL_DATA_HOST, SHOAL_NODE), the driver
+        (SHOAL_FLOW_DIR) and the stage's env (SHOAL_SPILL_BYTES) hand an instance."""
+        return cls(etcd=env.get("SHOAL_ETCD", "http://127.0.0.1:2379").split(","),
+                   prefix=env.get("SHOAL_PREFIX", "/shoal/"), data_host=env.get("SHOAL_DATA_HOST", "127.0.0.1"),
+                   flow_dir=env.get("SHOAL_FLOW_DIR") or None, node=env.get("SHOAL_NODE") or None,
+                   spill_bytes=int(env.get("SHOAL_SPILL_BYTES") or 0))
 
 
 class Stats:
-    def __init__(self):
+    def __init__(self, node: str | None):
+        self.node = node
         self.started = time.time()
         self.records_in = self.records_out = 0
         self.bad = 0
@@ -58,7 +84,7 @@ class Stats:
         return {"in": self.records_in, "out": self.records_out, "bad": self.bad,
                 "bad_examples": self.bad_examples[:5], "bytes_in": inbox.bytes_in if inbox else 0,
                 "bytes_out": sum(lk.bytes_out for lk in links), "started": self.started,
-                "updated": time.time(), "done": done, "node": os.environ.get("SHOAL_NODE")}
+                "updated": time.time(), "done": done, "node": self.node}
 
 
 def default_memory() -> int:
@@ -70,18 +96,18 @@ def default_memory() -> int:
     return max(256 << 20, min(4 << 30, total // 8))
 
 
-def load_function(ref):
+def load_function(ref, settings: InstanceSettings):
     """A stage's function: 'module:name' (found from the flow's directory) or a pickled callable."""
     if isinstance(ref, str) and ref.startswith("pickle:"):
         return cloudpickle.loads(base64.b64decode(ref[7:]))
     module, _, name = str(ref).partition(":")
-    base = os.environ.get("SHOAL_FLOW_DIR")
+    base = settings.flow_dir
     if base and base not in sys.path:
         sys.path.insert(0, base)
     try:
         fn = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError) as e:
-        raise RuntimeError(f"function {ref!r}: cannot load it on node {os.environ.get('SHOAL_NODE')}: {e}") from None
+        raise RuntimeError(f"function {ref!r}: cannot load it on node {settings.node}: {e}") from None
     return fn
 
 
@@ -100,17 +126,17 @@ def _records_out(result, sep: str) -> list[str]:
 
 
 class Instance:
-    def __init__(self, store: Store, run: str, attempt: int, plan: Plan, stage: StagePlan, index: int,
-                 bounds: dict[str, list[str]] | None = None):
+    def __init__(self, store: Store, settings: InstanceSettings, run: str, attempt: int, plan: Plan,
+                 stage: StagePlan, index: int, bounds: dict[str, list[str]] | None = None):
+        self.settings = settings
         self.bounds = bounds or {}
         self.store, self.run, self.attempt, self.plan, self.st, self.index = store, run, attempt, plan, stage, index
         self.sep = plan.spec.separator
         self.limit = plan.spec.bad_records
-        self.stats = Stats()
+        self.stats = Stats(settings.node)
         self.spill = Path(tempfile.mkdtemp(prefix=f"shoal-flow-{stage.name}-"))
         self.ctx = OpContext(sep=self.sep, spill_dir=self.spill,
-                             memory_bytes=int(os.environ.get("SHOAL_SPILL_BYTES", 0))
-                             or stage.spec.memory or default_memory())
+                             memory_bytes=settings.spill_bytes or stage.spec.memory or default_memory())
         self.inbox: Inbox | None = None
         self.outs: list[tuple[Output, Router, list[Link], object]] = []
         self.links: list[Link] = []
@@ -123,11 +149,8 @@ class Instance:
     # -- set-up -------------------------------------------------------------------
 
     async def _connect(self, out: Output) -> tuple[Output, Router, list[Link], object]:
-        if out.target == CLIENT:
-            addrs = await self.store.flows.wait_endpoints(self.run, self.attempt, CLIENT, 1, CONNECT_TIMEOUT_S)
-        else:
-            addrs = await self.store.flows.wait_endpoints(self.run, self.attempt, out.target,
-                                                          out.parallelism, CONNECT_TIMEOUT_S)
+        addrs = await self.store.flows.wait_endpoints(self.run, self.attempt, out.target, out.parallelism,
+                                                      self.settings.connect_timeout_s)
         links = [Link(a, {"run": self.run, "attempt": self.attempt, "stage": out.target, "index": j,
                           "from": self.st.name, "from_index": self.index, "port": out.port})
                  for j, a in enumerate(addrs)]
@@ -140,10 +163,9 @@ class Instance:
 
     async def run_(self) -> None:
         st = self.st
-        host = os.environ.get("SHOAL_DATA_HOST", "127.0.0.1")
         if any(st.senders):
             self.inbox = Inbox(self.run, self.attempt, st.name, self.index, st.senders)
-            addr = await self.inbox.start(host)
+            addr = await self.inbox.start(self.settings.data_host)
             await self.store.flows.put_endpoint(self.run, self.attempt, st.name, self.index, addr)
         outputs = list(st.outputs)
         if st.to_client:
@@ -172,15 +194,16 @@ class Instance:
         finally:
             publisher.cancel()
             await asyncio.gather(publisher, return_exceptions=True)
-            await self.store.flows.put_stats(self.run, self.attempt, st.name, self.index,
-                                             self.stats.as_dict(self.inbox, self.links, done=True))
+            with contextlib.suppress(Exception):   # counters are best effort
+                await self.store.flows.put_stats(self.run, self.attempt, st.name, self.index,
+                                                 self.stats.as_dict(self.inbox, self.links, done=True))
             if self.inbox is not None:
                 await self.inbox.close()
             shutil.rmtree(self.spill, ignore_errors=True)
 
     async def _publish(self) -> None:
         while True:
-            await asyncio.sleep(STATS_EVERY_S)
+            await asyncio.sleep(self.settings.stats_every_s)
             try:
                 await self.store.flows.put_stats(self.run, self.attempt, self.st.name, self.index,
                                                  self.stats.as_dict(self.inbox, self.links))
@@ -279,7 +302,7 @@ class Instance:
                 await self._emit([block])
             await run_filter(spec.command, text(), emit)
         else:
-            fn = load_function(spec.function)
+            fn = load_function(spec.function, self.settings)
             call = (lambda b: fn(to_frame(b, self.sep)[0])) if spec.batch else (lambda b: self._per_record(fn, b))
             async for what, _, batch in self._events():
                 if what == "batch":
@@ -366,36 +389,53 @@ class Instance:
         await asyncio.gather(*(lk.end() for lk in self.links))
 
 
-async def main(run: str, attempt: int, stage: str, index: int) -> int:
-    base = os.environ.get("SHOAL_FLOW_DIR")
-    if base and os.path.isdir(base):
-        os.chdir(base)
-    store = Store(os.environ.get("SHOAL_ETCD", "http://127.0.0.1:2379"), os.environ.get("SHOAL_PREFIX", "/shoal/"))
+def ending(e: BaseException) -> tuple[Outcome, int]:
+    """What an exception that ended the instance says about it, and the exit status that
+    says the same when the outcome cannot be written."""
+    if isinstance(e, FilterFailed):
+        how = f"was killed by signal {-e.code}" if e.code < 0 else f"exited with status {e.code}"
+        return Outcome(kind=OutcomeKind.failed, message=f"command {how}", stderr=e.stderr_tail.strip()), EXIT_COMMAND
+    if isinstance(e, BadRecordsExceeded):
+        return Outcome(kind=OutcomeKind.bad_records, message=str(e)), EXIT_BAD_RECORDS
+    if isinstance(e, UpstreamFailed):
+        return Outcome(kind=OutcomeKind.upstream_aborted, message=f"stopped: {e}"), EXIT_UPSTREAM
+    if isinstance(e, (UpstreamLost, StreamBroken, ConnectionError, TimeoutError)):
+        return Outcome(kind=OutcomeKind.peer_lost, message=f"lost a peer: {type(e).__name__}: {e}"), EXIT_LOST
+    return Outcome(kind=OutcomeKind.failed, message=f"{type(e).__name__}: {e}"), EXIT_FAILED
+
+
+async def main(settings: InstanceSettings, run: str, attempt: int, stage: str, index: int) -> int:
+    if settings.flow_dir and os.path.isdir(settings.flow_dir):
+        os.chdir(settings.flow_dir)
+    store = Store(settings.etcd, settings.prefix)
+    instance = None
     try:
         await store.connect(wait_s=10)
         record = await store.flows.get_run(run)
-        plan = plan_or_raise(FlowSpec.model_validate(record["spec"]))
-        await Instance(store, run, attempt, plan, plan.stages[stage], index, record.get("bounds")).run_()
-        return 0
-    except FilterFailed as e:
-        print(f"stage {stage}[{index}]: {e}", file=sys.stderr)
-        return EXIT_COMMAND
-    except BadRecordsExceeded as e:
-        print(f"stage {stage}[{index}]: {e}", file=sys.stderr)
-        return EXIT_BAD_RECORDS
-    except UpstreamFailed as e:
-        print(f"stage {stage}[{index}]: stopped: {e}", file=sys.stderr)
-        return EXIT_UPSTREAM
-    except (UpstreamLost, StreamBroken, ConnectionError, TimeoutError) as e:
-        print(f"stage {stage}[{index}]: lost a peer: {type(e).__name__}: {e}", file=sys.stderr)
-        return EXIT_LOST
+        plan = plan_or_raise(record.spec)
+        instance = Instance(store, settings, run, attempt, plan, plan.stages[stage], index, record.bounds)
+        await instance.run_()
+        stats = instance.stats
+        outcome, code = Outcome(kind=OutcomeKind.succeeded, bad=stats.bad, bad_examples=stats.bad_examples), 0
     except Exception as e:
-        print(f"stage {stage}[{index}]: {type(e).__name__}: {e}", file=sys.stderr)
-        return 1
+        outcome, code = ending(e)
+        if instance is not None:
+            outcome = outcome.model_copy(update={"bad": instance.stats.bad,
+                                                 "bad_examples": instance.stats.bad_examples})
+        # the node keeps the end of stderr in the task record: a summary for `shoal logs`
+        print(f"stage {stage}[{index}]: {outcome.message}" + (f"\n{outcome.stderr}" if outcome.stderr else ""),
+              file=sys.stderr)
+    try:
+        await asyncio.wait_for(store.flows.put_outcome(run, attempt, stage, index, outcome), OUTCOME_TIMEOUT_S)
+    except Exception as e:   # the exit code says what it can
+        print(f"stage {stage}[{index}]: could not record its outcome: {type(e).__name__}: {e}", file=sys.stderr)
     finally:
-        await store.close()
+        with contextlib.suppress(Exception):
+            await store.close()
+    return code
 
 
 if __name__ == "__main__":
     run_id, attempt_s, stage_name, index_s = sys.argv[1:5]
-    sys.exit(asyncio.run(main(run_id, int(attempt_s), stage_name, int(index_s))))
+    sys.exit(asyncio.run(main(InstanceSettings.from_env(os.environ), run_id, int(attempt_s), stage_name,
+                              int(index_s))))

@@ -550,7 +550,11 @@ class PostgresSink(Sink):
         self.display = f"{table} in {safe_dsn(dsn)}"
 
     def _connect(self, error: type[Exception], **kwargs):
-        import psycopg
+        try:
+            import psycopg
+        except ImportError:
+            msg = "PostgreSQL sinks need psycopg, which this Python does not have: pip install 'shoal[flows]'"
+            raise (InvalidSpec([f"write.postgres: {msg}"]) if error is InvalidSpec else error(f"write: {msg}")) from None
         try:
             return psycopg.connect(self.dsn, connect_timeout=10, client_encoding="UTF8", **kwargs)
         except psycopg.Error as e:

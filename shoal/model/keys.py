@@ -75,6 +75,15 @@ class Keys:
     def flow_all_stats(self, run: str, attempt: int) -> bytes:
         return self._k("flows", run, str(attempt), "stats", "")
 
+    def flow_outcome(self, run: str, attempt: int, stage: str, index: int) -> bytes:
+        return self._k("flows", run, str(attempt), "outcome", stage, str(index))
+
+    def flow_outcomes(self, run: str, attempt: int) -> bytes:
+        return self._k("flows", run, str(attempt), "outcome", "")
+
+    def flow_client(self, run: str) -> bytes:
+        return self._k("flows", run, "client")
+
     def election(self, role: str) -> bytes:
         return self._k("elections", role)
 

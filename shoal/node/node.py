@@ -16,6 +16,7 @@ from typing import Protocol
 from ..exec.attempt import use_guard
 from ..exec.guard import Guard
 from ..exec.pyworkers import WorkerPool
+from ..flows.coordinator import watch_runs
 from ..logic.clock import SYSTEM_CLOCK, Clock
 from ..logic.placement import Capacity
 from ..model import NodeInfo
@@ -128,6 +129,7 @@ class Node:
                 tg.create_task(self.roles.run())
                 tg.create_task(self._reconcile())
                 tg.create_task(self.feed.run())
+                tg.create_task(watch_runs(self.store, self.roles, self.feed))
                 tg.create_task(ProgressPublisher(self.scheduler, self.store, clock=self.clock).run())
                 served = [tg.create_task(svc.serve()) for svc in services]
                 if ready is not None:

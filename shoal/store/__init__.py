@@ -29,7 +29,7 @@ class Store:
         self.elections = Elections(self.kv, self.keys)
         self.dag = DagStore(self.kv, self.keys, clock)
         self.tasks = TaskStore(self.kv, self.keys, self.dag, self.nodes, max_txn_ops, clock)
-        self.flows = Flows(self)
+        self.flows = Flows(self.kv, self.keys)
 
     async def connect(self, wait_s: float = 0.0) -> None:
         """Connect and check etcd answers; wait up to `wait_s` for it to come up."""
