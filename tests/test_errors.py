@@ -54,7 +54,13 @@ def test_no_error_class_lives_outside_the_errors_module():
     for info in pkgutil.walk_packages(shoal.__path__, "shoal."):
         if info.name.endswith("__main__"):
             continue
-        for value in vars(importlib.import_module(info.name)).values():
+        try:
+            module = importlib.import_module(info.name)
+        except ModuleNotFoundError as e:   # a module of an extra (flows) that is not installed
+            if (e.name or "").startswith("shoal"):
+                raise
+            continue
+        for value in vars(module).values():
             if isinstance(value, type) and issubclass(value, BaseException) and value.__module__ == info.name:
                 assert info.name == "shoal.errors", f"{value.__name__} is defined in {info.name}"
 
