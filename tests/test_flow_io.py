@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 
 from pgserver import postgres  # noqa: F401  (the fixture)
 from shoal.errors import InvalidSpec, SinkError, SourceNotFound
-from shoal.flows.sinks import PostgresSink, Sink, make_sink
-from shoal.flows.sources import Chunk, expand, iterable_blocks, plan_chunks, read_chunk, read_stream
+from shoal.flows.runtime.sinks import PostgresSink, Sink, make_sink
+from shoal.flows.runtime.sources import Chunk, expand, iterable_blocks, plan_chunks, read_chunk, read_stream
 from shoal.flows.iospec import SourceSpec, parse_sink, parse_source
 
 ANY = settings(deadline=None, max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -381,7 +381,7 @@ def test_memory_url_sink(tmp_path):
 # -- user sinks ---------------------------------------------------------------------------------
 
 USER_SINK = '''
-from shoal.flows.sinks import Sink
+from shoal.flows.runtime.sinks import Sink
 
 class Collect(Sink):
     committed = []
@@ -415,7 +415,7 @@ def test_user_sink(tmp_path, monkeypatch):
     assert sink.committed == [("L", 0, ",", b"a,b\n"), ("commit", "r", 1, 1)]
     for value, message in [({"sink": "no_such_module_xyz:Cls"}, "write.sink: cannot import no_such_module_xyz"),
                            ({"sink": "my_flow_sinks:Nope"}, "write.sink: module my_flow_sinks has no Nope"),
-                           ({"sink": "my_flow_sinks:NotASink"}, "is not a subclass of shoal.flows.sinks.Sink"),
+                           ({"sink": "my_flow_sinks:NotASink"}, "is not a subclass of shoal.flows.runtime.sinks.Sink"),
                            ({"sink": "my_flow_sinks:Collect", "options": {"colour": 1}}, "write.options:")]:
         with pytest.raises(InvalidSpec) as e:
             make_sink(parse_sink(value))

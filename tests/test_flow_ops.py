@@ -12,9 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shoal.errors import InvalidSpec
-from shoal.flows.merge import SortedMerge
-from shoal.flows.ops import OpContext, make_combiner, make_op
-from shoal.flows.records import (BadRecords, count_records, frame_to_text, split_text, text_to_frame,
+from shoal.flows.runtime.merge import SortedMerge
+from shoal.flows.runtime.ops import OpContext, make_combiner, make_op
+from shoal.flows.runtime.records import (BadRecords, count_records, frame_to_text, split_text, text_to_frame,
                                  to_frame, to_text)
 from shoal.flows.opspec import OpSpec, parse_op
 

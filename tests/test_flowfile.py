@@ -189,7 +189,7 @@ def test_range_edge_needs_a_file_reading_sender_and_bounds_split_evenly():
     assert any("one key field" in p for p in problems(
         "name: r\nstages:\n  - name: a\n    read: x\n    op: pass\n  - name: s\n"
         "    input: {from: a, edge: range, key: [1, 2]}\n    op: pass\n    write: o\n"))
-    from shoal.flows.sampling import bounds
+    from shoal.flows.runtime.sampling import bounds
     keys = [f"k{i:03d}" for i in range(300)]
     assert bounds(keys, 3) == ["k100", "k200"] and bounds(keys, 1) == [] and bounds([], 4) == []
 
@@ -211,7 +211,7 @@ def test_without_the_flows_extra_tasks_still_work_and_flows_say_what_to_install(
 
 
 def test_instance_settings_are_read_once_from_what_the_node_hands_it():
-    from shoal.flows.instance import InstanceSettings
+    from shoal.flows.runtime.instance import InstanceSettings
     s = InstanceSettings.from_env({"SHOAL_ETCD": "http://a:2379,http://b:2379", "SHOAL_PREFIX": "/p/",
                                    "SHOAL_DATA_HOST": "10.0.0.5", "SHOAL_FLOW_DIR": "/data/flow",
                                    "SHOAL_NODE": "node-3", "SHOAL_SPILL_BYTES": "1000000"})

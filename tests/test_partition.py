@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shoal.flows.records import frame_to_text, text_to_frame
+from shoal.flows.runtime.records import frame_to_text, text_to_frame
 from shoal.logic.partition import partition_frame, partition_text, range_partition, stable_hash
 
 MASK = (1 << 64) - 1

@@ -73,7 +73,7 @@ def client_link(plan: Plan, ttl_s: int = 10) -> ClientLink | None:
 
 def require_runtime() -> None:
     """ShoalError saying what to install when this Python lacks the flows extra."""
-    from ..flows.extra import require
+    from ..flows.runtime.extra import require
     require()
 
 
@@ -81,7 +81,7 @@ def check(spec: FlowSpec, items_given: bool | None = None) -> Plan:
     """The checks that need no cluster: the graph, the sources, the sinks."""
     plan = plan_or_raise(spec)
     require_runtime()
-    from ..flows.preflight import check_run
+    from ..flows.runtime.preflight import check_run
     check_run(plan, items_given)
     return plan
 
@@ -148,7 +148,7 @@ class ClientSide:
 
     async def _feed(self, attempt: int) -> None:
         """Send the spooled input to the stage that reads it, a block to each instance in turn."""
-        from ..flows.sources import read_stream
+        from ..flows.runtime.sources import read_stream
         from ..streams.outbox import Link
         stage = self.feeder
         try:
@@ -172,7 +172,7 @@ class ClientSide:
             raise
 
     async def _receive(self, attempt: int) -> None:
-        from ..flows.records import to_text
+        from ..flows.runtime.records import to_text
         from ..streams.framing import END, FRAME, decode_batch
         from ..streams.inbox import Inbox
         sep = self.plan.spec.separator
@@ -256,7 +256,7 @@ async def run_flow(client, spec: FlowSpec, base_dir: str | Path = ".", *, stdin:
 
 
 def _spool(path: Path, stdin: BinaryIO | None, items: Iterable | None, sep: str) -> None:
-    from ..flows.sources import iterable_blocks, read_stream
+    from ..flows.runtime.sources import iterable_blocks, read_stream
     with open(path, "wb") as f:
         blocks = iterable_blocks(items, sep) if items is not None else read_stream(stdin or sys.stdin.buffer)
         for block in blocks:

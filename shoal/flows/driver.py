@@ -53,7 +53,7 @@ class _Crashed:
 
 def instance_argv(run: str, attempt: int, stage: str, index: int) -> list[str]:
     # the node's own Python (SHOAL_PYTHON), so an instance runs the shoal the node runs
-    return ["/bin/sh", "-c", 'exec "${SHOAL_PYTHON:-python3}" -m shoal.flows.instance "$@"', "shoal-flow",
+    return ["/bin/sh", "-c", 'exec "${SHOAL_PYTHON:-python3}" -m shoal.flows.runtime.instance "$@"', "shoal-flow",
             run, str(attempt), stage, str(index)]
 
 
@@ -68,15 +68,15 @@ def instances_of(plan: Plan) -> list[Who]:
 
 
 def _prepare(plan: Plan) -> dict[str, list[str]]:
-    from .extra import require
+    from .runtime.extra import require
     require()   # a node without the flows extra fails the run saying what to install
-    from .preflight import check_run, range_bounds
+    from .runtime.preflight import check_run, range_bounds
     check_run(plan)
     return range_bounds(plan)
 
 
 def _sinks(plan: Plan, what: str, run: str, attempt: int) -> None:
-    from .sinks import make_sink
+    from .runtime.sinks import make_sink
     for st in plan.stages.values():
         if st.sink is not None and not st.sink.stdout:
             getattr(make_sink(st.sink, plan.spec.separator), what)(run, attempt, st.parallelism)

@@ -2,7 +2,7 @@
 sorted sample into equal parts, so each receiving instance gets about as many records."""
 from __future__ import annotations
 
-from .iospec import SourceSpec
+from ..iospec import SourceSpec
 from .records import text_to_frame
 from .sources import plan_pieces, read_chunk
 

@@ -1,6 +1,6 @@
 """One instance of one flow stage, run as an ordinary shoal task:
 
-    python -m shoal.flows.instance RUN ATTEMPT STAGE INDEX
+    python -m shoal.flows.runtime.instance RUN ATTEMPT STAGE INDEX
 
 It reads the run's spec from etcd, listens for its upstream streams (publishing its data
 address in etcd), connects to every instance of each downstream stage, and then moves
@@ -31,16 +31,16 @@ from typing import Mapping
 import cloudpickle
 import polars as pl
 
-from ..errors import BadRecordsExceeded, FilterFailed, StreamBroken, UpstreamFailed, UpstreamLost
-from ..exec.filter import run_filter
-from .outcome import EXIT_BAD_RECORDS, EXIT_COMMAND, EXIT_FAILED, EXIT_LOST, EXIT_UPSTREAM, Outcome, OutcomeKind
-from .plan import Output, Plan, StagePlan, plan_or_raise
-from .run import CLIENT
-from .spec import EdgeSpec
-from ..store import Store
-from ..streams.framing import END, FRAME, decode_batch, encode_batch
-from ..streams.inbox import Inbox
-from ..streams.outbox import Link
+from ...errors import BadRecordsExceeded, FilterFailed, StreamBroken, UpstreamFailed, UpstreamLost
+from ...exec.filter import run_filter
+from ..outcome import EXIT_BAD_RECORDS, EXIT_COMMAND, EXIT_FAILED, EXIT_LOST, EXIT_UPSTREAM, Outcome, OutcomeKind
+from ..plan import Output, Plan, StagePlan, plan_or_raise
+from ..run import CLIENT
+from ..spec import EdgeSpec
+from ...store import Store
+from ...streams.framing import END, FRAME, decode_batch, encode_batch
+from ...streams.inbox import Inbox
+from ...streams.outbox import Link
 from .routing import Router
 from .merge import SortedMerge
 from .ops import OpContext, make_combiner, make_op

@@ -4,8 +4,8 @@ bounds. Blocking I/O (files, object stores, databases): call it from a thread. O
 sampling needs polars, so only a run with a range edge loads it here."""
 from __future__ import annotations
 
-from ..errors import InvalidSpec
-from .plan import Plan
+from ...errors import InvalidSpec
+from ..plan import Plan
 from .sinks import make_sink
 from .sources import expand
 

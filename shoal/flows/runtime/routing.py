@@ -4,8 +4,8 @@ from __future__ import annotations
 import polars as pl
 
 from .records import BadRecords, to_frame
-from ..logic.partition import partition_frame, partition_text, range_partition
-from .spec import EdgeSpec
+from ...logic.partition import partition_frame, partition_text, range_partition
+from ..spec import EdgeSpec
 
 
 class Router:

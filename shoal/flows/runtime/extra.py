@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 
-from ..errors import ShoalError
+from ...errors import ShoalError
 
 INSTALL = "pip install 'shoal[flows]'"
 RUNTIME = ("polars", "pyarrow", "numpy")

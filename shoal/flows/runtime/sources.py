@@ -20,8 +20,8 @@ import fsspec
 from fsspec.core import url_to_fs
 from fsspec.utils import infer_compression
 
-from ..errors import InvalidSpec, SourceError, SourceNotFound
-from .iospec import MIN_CHUNK, SourceSpec
+from ...errors import InvalidSpec, SourceError, SourceNotFound
+from ..iospec import MIN_CHUNK, SourceSpec
 
 NL = b"\n"
 GLOB_CHARS = ("*", "?", "[")

@@ -22,8 +22,8 @@ from typing import Iterator
 
 import polars as pl
 
-from ..logic.partition import MAX_EXAMPLES
-from .opspec import OpSpec
+from ...logic.partition import MAX_EXAMPLES
+from ..opspec import OpSpec
 from .records import (Batch, BadRecords, concat_frames, empty_frame, frame_lines, positional,
                       read_lines, record_text, slices, to_frame, to_text)
 from .spill import ExternalSort

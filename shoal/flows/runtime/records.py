@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import polars as pl
 
-from ..logic.partition import EXAMPLE_CHARS, MAX_EXAMPLES, lines_series
+from ...logic.partition import EXAMPLE_CHARS, MAX_EXAMPLES, lines_series
 
 Batch = bytes | pl.DataFrame
 
