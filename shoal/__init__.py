@@ -1,7 +1,8 @@
 """shoal: run shell commands on one machine or a fleet, with all state in etcd."""
 __version__ = "0.1.0"
 
-from .errors import ShoalError, InvalidSpec, NotFound, Conflict, TooLarge, StoreUnavailable, TaskFailed  # noqa: E402
+from .errors import (ShoalError, InvalidSpec, NotFound, Conflict, TooLarge, StoreUnavailable, StoreFull,  # noqa: E402
+                     ClusterError, NodeUnreachable, TaskFailed, FlowFailed, FlowCancelled)
 
 
 def connect(address: str | None = None, **kw):
@@ -30,5 +31,6 @@ def __getattr__(name: str):
     raise AttributeError(name)
 
 
-__all__ = ["flow", "task", "Future", "as_completed", "gather", "progress", "connect", "aconnect", "ShoalError", "InvalidSpec", "NotFound", "Conflict", "TooLarge",
-           "StoreUnavailable", "TaskFailed", "__version__"]
+__all__ = ["flow", "task", "Future", "as_completed", "gather", "progress", "connect", "aconnect",
+           "ShoalError", "InvalidSpec", "NotFound", "Conflict", "TooLarge", "StoreUnavailable", "StoreFull",
+           "ClusterError", "NodeUnreachable", "TaskFailed", "FlowFailed", "FlowCancelled", "__version__"]

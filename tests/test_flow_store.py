@@ -59,3 +59,30 @@ async def test_outcomes_and_the_client_lease(store):
     await store.flows.release_client("x-1", lease)
     assert not await store.flows.client_alive("x-1")
     assert not await store.flows.keep_client("x-1", lease)
+
+
+async def test_a_driver_that_keeps_crashing_fails_the_run_after_the_limit(store, monkeypatch, tmp_path):
+    """An unexpected error in the driver passes the role on and is counted in the record;
+    at the limit the run fails with the error instead of bouncing between nodes for ever."""
+    from shoal.flows import driver as driver_mod
+
+    def broken(run, event, now):
+        raise RuntimeError("a bug in deciding")
+
+    monkeypatch.setattr(driver_mod, "decide", broken)
+    (tmp_path / "in.txt").write_text("a\n")
+    rec = FlowRunRecord(id="x-2", name="x", spec=SPEC, base_dir=str(tmp_path))
+    await store.flows.create_run(rec)
+    lease = await store.kv.grant_lease(30)
+    assert await store.elections.campaign(driver_role("x-2"), "node-1", lease)
+    for n in range(1, driver_mod.MAX_DRIVER_CRASHES + 1):
+        with pytest.raises(RuntimeError, match="a bug in deciding"):
+            await driver_mod.FlowDriver(store, "x-2", "node-1", feed=None).serve()
+        got = await store.flows.get_run("x-2")
+        assert got.driver_crashes == n
+        assert got.is_final == (n == driver_mod.MAX_DRIVER_CRASHES)
+    assert got.state == FlowState.failed
+    assert "failed 3 times on an unexpected error (last: RuntimeError: a bug in deciding)" in got.error
+    # a driver that wins the role afterwards finds the run over and returns at once
+    await driver_mod.FlowDriver(store, "x-2", "node-1", feed=None).serve()
+    await store.kv.revoke_lease(lease)

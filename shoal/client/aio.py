@@ -21,6 +21,8 @@ from ..model import TaskRecord, TaskSpec
 from . import current
 from .results import inline_result, is_inline, load_result
 
+RELEASE_CONCURRENCY = 16   # result releases in flight at once when dropped futures are freed
+
 if TYPE_CHECKING:
     from ..logic.dagfile import Dag
     from .dag import DagRun
@@ -65,6 +67,7 @@ class AsyncClient:
                                            retries=1, verify=self.address.startswith("https:")))
         self._future_refs: collections.Counter = collections.Counter()
         self._unreferenced: list[str] = []
+        self._nothing_kept: set[str] = set()   # tracked tasks whose result lives in their record only
         self._entered: list = []  # tokens of the `async with` blocks that made this client current
 
     async def open(self) -> "AsyncClient":
@@ -288,8 +291,15 @@ class AsyncClient:
 
     # -- futures of function tasks ------------------------------------------------------
 
+    def note_final(self, rec: TaskRecord) -> None:
+        """A tracked task ended with nothing kept on a node (its result came inside the
+        record, or it failed): dropping its futures then needs no release round trip."""
+        if rec.result_ref is None and rec.id in self._future_refs:
+            self._nothing_kept.add(rec.id)
+
     async def fetch_result(self, rec: TaskRecord) -> Any:
         """The value a finished function task returned; TaskFailed if it did not succeed."""
+        self.note_final(rec)
         if is_inline(rec):  # small results come inside the record: no round trip
             return inline_result(rec)
         return load_result(await self.result_bytes(rec.id))
@@ -336,18 +346,25 @@ class AsyncClient:
         self._future_refs[task_id] -= 1
         if self._future_refs[task_id] <= 0:
             del self._future_refs[task_id]
-            self._unreferenced.append(task_id)  # list.append is atomic; finalizers may run anywhere
+            if task_id in self._nothing_kept:
+                self._nothing_kept.discard(task_id)
+            else:
+                self._unreferenced.append(task_id)  # list.append is atomic; finalizers may run anywhere
 
     async def release_unreferenced(self) -> int:
         """Free the results of tasks whose futures were all dropped; how many were sent."""
         if not self._unreferenced:
             return 0
         ids, self._unreferenced = self._unreferenced, []
-        for tid in ids:
-            try:
-                await self.release_result(tid)
-            except ShoalError:
-                pass  # gone already (job deleted, retention)
+        slots = asyncio.Semaphore(RELEASE_CONCURRENCY)
+
+        async def release(tid: str) -> None:
+            async with slots:
+                try:
+                    await self.release_result(tid)
+                except ShoalError:
+                    pass  # gone already (job deleted, retention)
+        await asyncio.gather(*(release(t) for t in ids))
         return len(ids)
 
     # -- DAG files ------------------------------------------------------------------------

@@ -72,7 +72,10 @@ class Future:
         """The function's return value; raises TaskFailed (with the remote exception's
         type, message and traceback) if it failed."""
         rec = self.record(timeout)
-        return inline_result(rec) if is_inline(rec) else self.client.fetch_result(rec)
+        if is_inline(rec):   # no round trip, and nothing on a node to free later
+            self.client.note_final(rec)
+            return inline_result(rec)
+        return self.client.fetch_result(rec)
 
     def exception(self, timeout: float | None = None) -> TaskFailed | None:
         rec = self.record(timeout)

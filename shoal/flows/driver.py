@@ -21,12 +21,13 @@ import logging
 import time
 from typing import TYPE_CHECKING, AsyncContextManager, Callable, Protocol
 
-from ..errors import Conflict, FlowFailed, InvalidSpec, LostDriverRole, NotFound, ShoalError
+from ..errors import (Conflict, FlowFailed, InvalidSpec, LostDriverRole, NotFound, ShoalError, StoreCompacted,
+                      StoreUnavailable)
 from ..model import TaskRecord, TaskSpec
 from ..model.ids import new_ids
 from .outcome import outcome_of
 from .plan import Plan, plan_or_raise
-from .run import FlowRunRecord, FlowState
+from .run import Failure, FlowRunRecord, FlowState
 from .state import (AbortSinks, Action, ClientGone, CancelRequested, Begin, Commit, CommitFailed, Committed,
                     Event, Finish, FollowAttempt, InstanceEnded, Prepare, Prepared, Refused, RunState,
                     StartAttempt, StopInstances, Tick, WakeAt, Who, decide)
@@ -37,6 +38,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("shoal.flows.driver")
 
 SIGNALS_EVERY_S = 0.5     # how often the driver looks for a cancel request and for its client
+MAX_DRIVER_CRASHES = 3    # unexpected driver errors a run survives: the role passes on, then the run fails
+# errors of the moment, not of the run: the role passes on and the next driver goes on
+PASSING = (LostDriverRole, StoreUnavailable, StoreCompacted)
 
 
 class TaskFeed(Protocol):
@@ -114,6 +118,14 @@ class FlowDriver:
                 if isinstance(event, _Crashed):
                     raise event.error
                 await self._handle(event)
+        except PASSING:
+            raise
+        except Exception as e:
+            # a bug, or a failure nobody foresaw: count it in the record so the next driver
+            # (another node, or this one) knows; past the limit the run fails instead of
+            # bouncing between nodes for ever
+            await self._count_crash(e)
+            raise
         finally:
             for t in (signals, self.follower):
                 if t is not None:
@@ -272,6 +284,25 @@ class FlowDriver:
         await self._put()
         self.done = True
         log.info("flow run %s %s", self.run, action.state.value)
+
+    async def _count_crash(self, error: Exception) -> None:
+        crashes = self.record.driver_crashes + 1
+        update: dict = {"driver_crashes": crashes}
+        # past its commit point a run is never failed: some of its output may be visible
+        # already, and only committing again (idempotent) makes it whole
+        if crashes >= MAX_DRIVER_CRASHES and self.record.state != FlowState.committing:
+            message = (f"its driver failed {crashes} times on an unexpected error (last: {type(error).__name__}: "
+                       f"{error}); the logs of nodes {self.node_id} and others name it; nothing was committed")
+            with contextlib.suppress(Exception):
+                await self._stop()
+            if self.record.attempt:
+                with contextlib.suppress(Exception):
+                    await asyncio.to_thread(_sinks, self.plan, "abort", self.run, self.record.attempt)
+            update.update(state=FlowState.failed, ended=time.time(), failure=Failure(message=message),
+                          error=str(FlowFailed(self.run, message)))
+        self.record = self.record.model_copy(update=update)
+        with contextlib.suppress(Exception):
+            await self._put()
 
     def _wake_at(self, when: float) -> None:
         if self.timer is not None:

@@ -74,6 +74,7 @@ class FlowRunRecord(BaseModel):
     bad_records: int = Field(0, ge=0)
     client: ClientLink | None = None
     driver: str | None = Field(None, description="the node driving the run")
+    driver_crashes: int = Field(0, ge=0, description="times a driver of this run failed on an unexpected error")
     started: float | None = None      # when it was submitted
     ended: float | None = None
 
