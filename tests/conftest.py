@@ -19,7 +19,7 @@ import pytest
 from shoal.exec.daemon import spawn_daemon, stop
 from shoal.cluster.local import LocalCluster, _wait_http, free_port
 from shoal.store import Store
-from shoal.store.server import EtcdConfig, find_etcd
+from shoal.cluster.etcd import EtcdConfig, find_etcd
 
 
 class EtcdProcess:

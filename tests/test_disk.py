@@ -13,7 +13,7 @@ import shoal
 from shoal.errors import StoreFull
 from shoal.model import TaskRecord, TaskSpec, new_ids
 from shoal.store import Store
-from shoal.store.server import EtcdConfig
+from shoal.cluster.etcd import EtcdConfig
 
 from conftest import EtcdProcess
 

@@ -5,7 +5,6 @@ import asyncio
 import logging
 import math
 import os
-import time
 from pathlib import Path
 from typing import Optional
 
@@ -13,7 +12,7 @@ import psutil
 import typer
 from rich.table import Table
 
-from ..errors import InvalidSpec, ShoalError
+from ..errors import InvalidSpec
 from ..cluster.local import LocalCluster
 from ..model.sizes import format_size, parse_size
 from ..settings import NodeSettings, StoreSettings, shoal_home

@@ -33,7 +33,7 @@ from ..cluster.local import LocalCluster
 from ..model import FINAL_STATES, TaskRecord, TaskState
 from ..settings import shoal_home
 from .common import client_for
-from .output import Output, console, err_console, print_json, state_text
+from .output import Output, console, print_json, state_text
 from .tasks import ADDRESS, OUTPUT
 
 FORMAT_HELP = r"""

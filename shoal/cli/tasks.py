@@ -9,7 +9,7 @@ import typer
 from ..errors import InvalidSpec
 from ..model import TaskState
 from .common import client_for
-from .output import Output, console, print_json, state_text, tasks_table, ago, duration
+from .output import Output, console, print_json, state_text, tasks_table, ago
 
 ADDRESS = typer.Option(None, "--address", envvar="SHOAL_ADDRESS", help="Any node's API URL.")
 OUTPUT = typer.Option(Output.table, "--output", "-o", help="table or json.")

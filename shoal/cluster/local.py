@@ -15,7 +15,7 @@ import httpx
 
 from ..errors import ClusterError
 from ..exec.daemon import alive, spawn_daemon, stop
-from ..store.server import EtcdConfig, find_etcd
+from .etcd import EtcdConfig, find_etcd
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -2,7 +2,6 @@
 one, else RLIMIT_AS on the process. Placement always counts the task's memory."""
 from __future__ import annotations
 
-import os
 import resource
 from pathlib import Path
 

@@ -3,7 +3,7 @@ holds about it (TaskRecord: the spec plus state and attempts)."""
 from __future__ import annotations
 
 import enum
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Union
 
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, StrictFloat, StrictInt,
                       ValidationError, field_validator, model_validator)
