@@ -3,7 +3,6 @@ counters, follow it, cancel it; the data endpoints of stage instances, and the l
 the client that feeds or receives a run's data. Flow data itself never passes through here."""
 from __future__ import annotations
 
-import time
 
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
@@ -60,7 +59,7 @@ async def submit_run(request: Request, record: FlowRunRecord):
     instances, restarts the run when one is lost and commits the outputs once. A run that
     reads stdin or writes stdout gets a lease for its client (`client_lease`) to renew."""
     _check_new(record)
-    record = record.model_copy(update={"started": record.started or time.time()})
+    record = record.model_copy(update={"started": record.started or request.app.state.node.clock.time()})
     lease = await request.app.state.node.store.flows.create_run(record)
     return {"id": record.id, "client_lease": lease or None}
 
@@ -93,7 +92,7 @@ async def get_run(request: Request, run: str):
                               "node": t.node if t else None, "reason": t.reason if t else None,
                               "outcome": o.kind.value if o else None, **s})
         stages.append({"name": stage, "instances": instances})
-    return dict(record.to_json(), stages=stages, now=time.time(),
+    return dict(record.to_json(), stages=stages, now=request.app.state.node.clock.time(),
                 cancel_requested=await flows.cancel_requested(run))
 
 

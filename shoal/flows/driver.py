@@ -18,11 +18,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
-from typing import TYPE_CHECKING, AsyncContextManager, Callable, Protocol
+from typing import TYPE_CHECKING, AsyncContextManager, Protocol
 
 from ..errors import (Conflict, FlowFailed, InvalidSpec, LostDriverRole, NotFound, ShoalError, StoreCompacted,
                       StoreUnavailable)
+from ..logic.clock import SYSTEM_CLOCK, Clock
 from ..model import TaskRecord, TaskSpec
 from ..model.ids import new_ids
 from .outcome import outcome_of
@@ -88,7 +88,7 @@ def _sinks(plan: Plan, what: str, run: str, attempt: int) -> None:
 
 class FlowDriver:
     def __init__(self, store: "Store", run: str, node_id: str, feed: TaskFeed,
-                 clock: Callable[[], float] = time.time):
+                 clock: Clock = SYSTEM_CLOCK):
         self.store, self.run, self.node_id, self.feed, self.clock = store, run, node_id, feed, clock
         self.record: FlowRunRecord | None = None
         self.plan: Plan | None = None
@@ -135,7 +135,7 @@ class FlowDriver:
                 self.timer.cancel()
 
     async def _handle(self, event: Event) -> None:
-        self.state, actions = decide(self.state, event, self.clock())
+        self.state, actions = decide(self.state, event, self.clock.time())
         for action in actions:
             await self._do(action)
 
@@ -202,7 +202,7 @@ class FlowDriver:
             await asyncio.gather(self.follower, return_exceptions=True)
         cpus = sum(n.cpus for n in await self.store.nodes.nodes()) or 1
         specs = self._instance_specs(attempt, cpus)
-        now = time.time()
+        now = self.clock.time()
         await self.store.tasks.submit([TaskRecord(id=tid, spec=specs[(stage, i)], submitted_at=now)
                                  for stage, ids in tasks.items() for i, tid in enumerate(ids)])
         self.follower = asyncio.create_task(self._follow(attempt, tasks), name=f"follow {self.run}/{attempt}")
@@ -279,7 +279,7 @@ class FlowDriver:
         elif action.state == FlowState.cancelled:
             error = f"flow run {self.run} was cancelled"
         self.record = self.record.model_copy(update={
-            "state": action.state, "ended": time.time(), "failure": action.failure, "error": error,
+            "state": action.state, "ended": self.clock.time(), "failure": action.failure, "error": error,
             "bad_records": action.bad_records})
         await self._put()
         self.done = True
@@ -298,7 +298,7 @@ class FlowDriver:
             if self.record.attempt:
                 with contextlib.suppress(Exception):
                     await asyncio.to_thread(_sinks, self.plan, "abort", self.run, self.record.attempt)
-            update.update(state=FlowState.failed, ended=time.time(), failure=Failure(message=message),
+            update.update(state=FlowState.failed, ended=self.clock.time(), failure=Failure(message=message),
                           error=str(FlowFailed(self.run, message)))
         self.record = self.record.model_copy(update=update)
         with contextlib.suppress(Exception):
@@ -308,7 +308,7 @@ class FlowDriver:
         if self.timer is not None:
             self.timer.cancel()
         loop = asyncio.get_running_loop()
-        self.timer = loop.call_later(max(0.0, when - self.clock()), self.events.put_nowait, Tick())
+        self.timer = loop.call_later(max(0.0, when - self.clock.time()), self.events.put_nowait, Tick())
 
     # -- signals ----------------------------------------------------------------------------
 
