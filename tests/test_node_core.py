@@ -213,6 +213,26 @@ def test_cancel_of_a_task_claimed_ahead_finishes_it_without_starting_it():
     assert ended["t03"].reason == "cancelled before it started"
 
 
+def test_a_cancel_that_outruns_our_claims_reply_is_applied_when_the_reply_comes():
+    """The cancel watch can deliver a cancel for a task our own step just claimed before
+    the step's reply arrives: the task must not start once the reply comes."""
+    h = Harness()
+    h.queue("t00", "t01")
+    step = h.step()
+    assert [c.task_id for c in step.claims] == ["t00", "t01"]
+    assert h.handle(CancelRequested("t00")) == []          # not ours yet, as far as we know
+    out = h.commit(step)
+    assert started(out) == ["t01"]                         # t00 never starts
+    ended = {c.record.id: c.record for c in h.step().completions}
+    assert list(ended) == ["t00"] and ended["t00"].last.reason == "cancelled"
+    # a cancel for a claim another node won is forgotten with the reply
+    h.queue("t02")
+    lost = h.step()
+    h.handle(CancelRequested("t02"))
+    h.commit(lost, claimed=[False] * len(lost.claims))
+    assert not h.core.claiming and not h.core.early_cancels
+
+
 def test_unstarted_only_cancel_leaves_a_running_attempt_alone():
     h = Harness()
     h.queue("t00")

@@ -219,6 +219,11 @@ class NodeState:
         self.fences = 0          # times the lease was lost: a step decided before one is stale
         self.last_rev = 0        # revision of the last step whose reply was applied
         self.timer_at: float | None = None
+        # claims sent in a Step whose reply has not come back, and cancels that came for
+        # them meanwhile (our cancel watch can outrun our own step's reply): task id ->
+        # unstarted_only of the strongest cancel seen
+        self.claiming: set[str] = set()
+        self.early_cancels: dict[str, bool] = {}
         self._handlers = {
             QueueLoaded: self._queue_loaded, QueueChanged: self._queue_changed,
             StepDue: self._step_due, StepCommitted: self._step_committed, StepFailed: self._step_failed,
@@ -289,6 +294,7 @@ class NodeState:
         completions = [Completion(rec, held[tid].read_rev, held[tid].attempt_rev)
                        for tid, (rec, _) in self.finished.items()]
         if claims or completions:
+            self.claiming.update(c.task_id for c in claims)
             out.append(Step(completions, claims, self.fences))
 
     def _choose_claims(self, now: float, out: list) -> list[Claim]:
@@ -322,10 +328,22 @@ class NodeState:
 
     def _step_failed(self, ev: StepFailed, now: float, out: list) -> None:
         # nothing was applied: what ended stays to commit, the claims are chosen afresh
+        self._claims_answered(ev.step)
         out.append(RetryStep(STEP_RETRY_S))
+
+    def _claims_answered(self, step: "Step") -> None:
+        for c in step.claims:
+            self.claiming.discard(c.task_id)
+            self.early_cancels.pop(c.task_id, None)
 
     def _step_committed(self, ev: StepCommitted, now: float, out: list) -> None:
         step, result = ev.step, ev.result
+        try:
+            self._apply_step(step, result, now, out)
+        finally:
+            self._claims_answered(step)
+
+    def _apply_step(self, step: "Step", result: StepResult, now: float, out: list) -> None:
         if step.fences != self.fences:
             # fenced while the step was in flight (etcd away longer than the TTL): its
             # attempts are killed and forgotten, and what it claimed holds keys on the
@@ -336,7 +354,7 @@ class NodeState:
         self.last_rev = result.revision
         self.steps += 1
         self._after_completions(step.completions, result, now)
-        self._after_claims(step.claims, result, out)
+        self._after_claims(step.claims, result, now, out)
         # after any claims go again: on success there may be room for more, and when
         # another node won the race the lost keys are out of the view, so the next pass
         # tries other queued tasks (nothing else wakes an idle node that lost)
@@ -362,13 +380,15 @@ class NodeState:
             end = transitions.release_attempt if released else transitions.finish_attempt
             self.finished[tid] = (end(current, new.last, output, now), released)
 
-    def _after_claims(self, claims: list[Claim], result: StepResult, out: list) -> None:
+    def _after_claims(self, claims: list[Claim], result: StepResult, now: float, out: list) -> None:
         rev = result.revision
         for c, ok in zip(claims, result.claimed):
             self.queue.discard(c.queue_key, None if ok else c.queued_rev)
             if ok:
                 self.held[c.task_id] = Held(c.record, rev, rev)
                 self.ready.append(c.task_id)
+                if c.task_id in self.early_cancels:   # cancelled before we knew we had it
+                    self._cancel_requested(CancelRequested(c.task_id, self.early_cancels[c.task_id]), now, out)
         if len(self.ready) > 1:
             # start in queue order (priority, then age): a task claimed now may be ahead of
             # those claimed earlier, e.g. one requeued from a lost node or of higher priority,
@@ -422,6 +442,8 @@ class NodeState:
         tid = ev.task_id
         h = self.held.get(tid)
         if h is None:
+            if tid in self.claiming:   # our claim's reply is still on its way: apply it then
+                self.early_cancels[tid] = self.early_cancels.get(tid, True) and ev.unstarted_only
             return
         if h.started:
             if h.alive and not ev.unstarted_only:
