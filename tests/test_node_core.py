@@ -230,7 +230,7 @@ def test_a_cancel_that_outruns_our_claims_reply_is_applied_when_the_reply_comes(
     lost = h.step()
     h.handle(CancelRequested("t02"))
     h.commit(lost, claimed=[False] * len(lost.claims))
-    assert not h.core.claiming and not h.core.early_cancels
+    assert h.core.in_flight is None and not h.core.early_cancels
 
 
 def test_unstarted_only_cancel_leaves_a_running_attempt_alone():
@@ -422,7 +422,7 @@ def test_under_any_events_no_task_is_both_ready_and_started_and_started_attempts
                 ever_started.add(key)
                 assert core.held[ins.record.id].alive
         alive = [x for x in core.held.values() if x.alive]
-        assert not any(core.held[t].started for t in core.ready), "a task both ready and started"
+        assert not any(core.held[t].alive for t in core.ready), "a task both ready and started"
         assert len(set(core.ready)) == len(core.ready)
         assert set(core.ready) <= set(core.held) and set(core.finished) <= set(core.held)
         assert not set(core.ready) & set(core.finished)

@@ -180,12 +180,11 @@ class ReleaseOrphan:
 
 @dataclass(slots=True)
 class Held:
-    """A task this node holds: claimed (ready), then started, then ended until the end
-    is committed."""
+    """A task this node holds: claimed (in `NodeState.ready` until started), then
+    started, then ended until the end is committed."""
     record: TaskRecord       # the running record as we wrote it
     read_rev: int            # its mod_revision
     attempt_rev: int         # create_revision of our running key
-    started: bool = False    # its process was started (or tried to)
     alive: bool = False      # started and not ended: it uses the node's resources
 
 
@@ -219,10 +218,10 @@ class NodeState:
         self.fences = 0          # times the lease was lost: a step decided before one is stale
         self.last_rev = 0        # revision of the last step whose reply was applied
         self.timer_at: float | None = None
-        # claims sent in a Step whose reply has not come back, and cancels that came for
-        # them meanwhile (our cancel watch can outrun our own step's reply): task id ->
-        # unstarted_only of the strongest cancel seen
-        self.claiming: set[str] = set()
+        # the Step sent whose reply has not come back (the step loop sends one at a time),
+        # and cancels that came meanwhile for what it claims (our cancel watch can outrun
+        # our own step's reply): task id -> unstarted_only of the strongest cancel seen
+        self.in_flight: Step | None = None
         self.early_cancels: dict[str, bool] = {}
         self._handlers = {
             QueueLoaded: self._queue_loaded, QueueChanged: self._queue_changed,
@@ -294,8 +293,8 @@ class NodeState:
         completions = [Completion(rec, held[tid].read_rev, held[tid].attempt_rev)
                        for tid, (rec, _) in self.finished.items()]
         if claims or completions:
-            self.claiming.update(c.task_id for c in claims)
-            out.append(Step(completions, claims, self.fences))
+            self.in_flight = Step(completions, claims, self.fences)
+            out.append(self.in_flight)
 
     def _choose_claims(self, now: float, out: list) -> list[Claim]:
         """What to claim now: placement decides over the queue head (read lazily), this
@@ -332,9 +331,9 @@ class NodeState:
         out.append(RetryStep(STEP_RETRY_S))
 
     def _claims_answered(self, step: "Step") -> None:
-        for c in step.claims:
-            self.claiming.discard(c.task_id)
-            self.early_cancels.pop(c.task_id, None)
+        if self.in_flight is step:
+            self.in_flight = None
+            self.early_cancels.clear()
 
     def _step_committed(self, ev: StepCommitted, now: float, out: list) -> None:
         step, result = ev.step, ev.result
@@ -405,7 +404,7 @@ class NodeState:
             if not placement.fits(h.record.spec, self.free(), labels):
                 return
             ready.popleft()
-            h.started = h.alive = True
+            h.alive = True
             out.append(StartAttempt(h.record))
 
     # -- attempts -------------------------------------------------------------------------------
@@ -442,18 +441,19 @@ class NodeState:
         tid = ev.task_id
         h = self.held.get(tid)
         if h is None:
-            if tid in self.claiming:   # our claim's reply is still on its way: apply it then
+            step = self.in_flight
+            if step is not None and any(c.task_id == tid for c in step.claims):
+                # our claim's reply is still on its way: apply it then
                 self.early_cancels[tid] = self.early_cancels.get(tid, True) and ev.unstarted_only
             return
-        if h.started:
-            if h.alive and not ev.unstarted_only:
-                out.append(KillAttempt(tid, "cancelled while running", self.s.cancel_grace_s))
-        elif tid in self.ready:
+        if tid in self.ready:   # claimed, not started
             self.ready.remove(tid)
             if ev.unstarted_only:  # the record in etcd is not flagged: flag the one we write
                 h.record = h.record.model_copy(update={"cancel_requested": True,
                                                        "reason": "cancelled before it started"})
             self._end(tid, h, AttemptResult.not_run(now, "cancelled"), out)
+        elif h.alive and not ev.unstarted_only:
+            out.append(KillAttempt(tid, "cancelled while running", self.s.cancel_grace_s))
 
     def _progress_published(self, ev: ProgressPublished, now: float, out: list) -> None:
         h = self.held.get(ev.task_id)
