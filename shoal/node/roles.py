@@ -128,12 +128,14 @@ class Roles:
             self.held.discard(role.name)
             for t in (serve, lost):
                 t.cancel()
-            # a cancelled campaigner (remove(), node shutdown) still resigns below
             await asyncio.gather(serve, lost, return_exceptions=True)
-            if not lost.done() or lost.cancelled():
+            # `lost` ran to its end only if the lease went first; otherwise (the work ended,
+            # or the campaigner was cancelled by remove() or shutdown) resign
+            gone = not lost.cancelled()
+            if not gone:
                 with contextlib.suppress(Exception):
                     await asyncio.shield(self.store.elections.resign(role.name, self.node_id, lease))
-        if lost.done() and not lost.cancelled():
+        if gone:
             log.warning("%s: lease %x is gone; campaigning again", role.name, lease)
             return False
         error = None if serve.cancelled() else serve.exception()
