@@ -308,11 +308,8 @@ class TaskStore:
             if rec.state != TaskState.running or rec.node != node_id:
                 return None
             new = transitions.node_lost(rec, node_id, self.clock.time())
-            value = encode(new)
             lease = await self.kv.retention_lease() if new.is_final else 0
-            ops = [put_op(k.task(task_id), value, lease), delete_op(k.cancel(node_id, task_id))]
-            if new.state == TaskState.queued:
-                ops.append(put_op(k.queue(new.spec.priority, task_id), value))
+            ops = [*put_record_ops(k, new, lease=lease), delete_op(k.cancel(node_id, task_id))]
             more_cmp, more_ops, _ = await self.dag.cascade(new)
             resp = await self.kv.txn([cmp(k.task(task_id), "MOD", rev),
                                       cmp(k.running(node_id, task_id), "CREATE", 0), *more_cmp], ops + more_ops)
