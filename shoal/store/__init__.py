@@ -1,7 +1,7 @@
 """The only code that talks to etcd, split by domain: `kv` is etcd itself (connection,
 retries, leases, transactions, watches, error translation, the one importer of the etcd
-client); `tasks`, `dag`, `nodes`, `elections` and `flows` hold shoal's transactions on it;
-`server` says how to run an etcd process. `Store` gathers them over one connection."""
+client); `tasks`, `dag`, `nodes`, `elections` and `flows` hold shoal's transactions on it.
+`Store` gathers them over one connection. (How to run an etcd process is `cluster/etcd.py`.)"""
 from __future__ import annotations
 
 from ..logic.clock import SYSTEM_CLOCK, Clock
