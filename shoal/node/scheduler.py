@@ -146,22 +146,23 @@ class Scheduler:
         self._handle(QueueLoaded(kvs, rev, more))
 
     async def watch_cancels(self) -> None:
-        """Cancel requests: b"" cancels, b"unstarted" only one claimed ahead and not started."""
-        keys = self.store.keys
-        prefix = keys.cancels_for(self.s.node_id)
+        """Our cancel keys: read whole at first and when etcd compacted past the watch,
+        then as they are put."""
+        prefix = self.store.keys.cancels_for(self.s.node_id)
         rev = await self.store.kv.revision()
         kvs, _, _ = await self.store.kv.get_prefix(prefix)
-        for kv in kvs:
-            self._handle(CancelRequested(keys.id_of(kv.key), kv.value == b"unstarted"))
+        self._cancels(kvs)
         async for batch in self.store.kv.watch(prefix, rev + 1):
             if isinstance(batch, WatchReset):
                 kvs, _, _ = await self.store.kv.get_prefix(prefix)
-                for kv in kvs:
-                    self._handle(CancelRequested(keys.id_of(kv.key), kv.value == b"unstarted"))
-                continue
-            for kind, kv, _ in batch:
-                if kind == "PUT":
-                    self._handle(CancelRequested(keys.id_of(kv.key), kv.value == b"unstarted"))
+                self._cancels(kvs)
+            else:
+                self._cancels(kv for kind, kv, _ in batch if kind == "PUT")
+
+    def _cancels(self, kvs) -> None:
+        """Cancel requests: b"" cancels, b"unstarted" only one claimed ahead and not started."""
+        for kv in kvs:
+            self._handle(CancelRequested(self.store.keys.id_of(kv.key), kv.value == b"unstarted"))
 
     async def run(self) -> None:
         """The step loop: the core decides, etcd commits, the core takes the reply; repeat
