@@ -92,10 +92,9 @@ def _summary(result, output: Output, quiet: bool, seconds: float) -> None:
                           highlight=False)
 
 
-def _live(output: Output, quiet: bool, first: dict):
-    """A live status table on a terminal (stderr), and the callback that refreshes it."""
-    live = output == Output.table and err_console.is_terminal and not quiet
-    view = Live(status_table(first), console=err_console, refresh_per_second=2) if live else nullcontext()
+def _live(first: dict, where, live: bool):
+    """A live status table on the console `where` (when `live`), and the callback that refreshes it."""
+    view = Live(status_table(first), console=where, refresh_per_second=2) if live else nullcontext()
 
     def on_status(status: dict) -> None:
         if live:
@@ -133,7 +132,8 @@ def run(file: Path = typer.Argument(..., exists=True, dir_okay=False, help="The 
         else:
             print(run_id)
         return
-    view, on_status = _live(output, quiet, {"id": "-", "state": "starting", "attempt": 1, "stages": []})
+    view, on_status = _live({"id": "-", "state": "starting", "attempt": 1, "stages": []}, err_console,
+                            output == Output.table and err_console.is_terminal and not quiet)
     t0 = time.time()
     submitted: list[str] = []
     with client_for(address, embedded=True) as c:
@@ -170,13 +170,12 @@ def status(run_id: str = typer.Argument(..., help="The run id (`shoal flow ls`).
                 print(st["error"], file=sys.stderr)
             return
         live = output == Output.table and console.is_terminal
-        view = Live(status_table(st), console=console, refresh_per_second=2) if live else nullcontext()
+        view, show = _live(st, console, live)
         last = {"status": st}
 
         def on_status(status: dict) -> None:
             last["status"] = status
-            if live:
-                view.update(status_table(status))
+            show(status)
         try:
             with view:
                 result = c.follow_flow(run_id, on_status=on_status)

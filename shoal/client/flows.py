@@ -66,9 +66,10 @@ def own_address(api: str) -> str:
 
 
 def client_link(plan: Plan, ttl_s: int = 10) -> ClientLink | None:
-    feeds = next((s.name for s in plan.stages.values() if s.from_client), None)
-    receives = next((s.name for s in plan.stages.values() if s.to_client), None)
-    return ClientLink(feeds=feeds, receives=receives, ttl_s=ttl_s) if feeds or receives else None
+    feeder, receiver = plan.feeder, plan.receiver
+    if feeder is None and receiver is None:
+        return None
+    return ClientLink(feeds=feeder and feeder.name, receives=receiver and receiver.name, ttl_s=ttl_s)
 
 
 def require_runtime() -> None:
@@ -93,8 +94,8 @@ class ClientSide:
     def __init__(self, client, run: str, plan: Plan, spool: Path | None, tmp: Path, lease: int, ttl_s: int):
         self.client, self.run, self.plan, self.spool, self.tmp = client, run, plan, spool, tmp
         self.lease, self.ttl_s = lease, ttl_s
-        self.feeder: StagePlan | None = next((s for s in plan.stages.values() if s.from_client), None)
-        self.receiver: StagePlan | None = next((s for s in plan.stages.values() if s.to_client), None)
+        self.feeder: StagePlan | None = plan.feeder
+        self.receiver: StagePlan | None = plan.receiver
         self.attempt = 0
         self.tasks: list[asyncio.Task] = []
         self.received: asyncio.Task | None = None

@@ -287,22 +287,22 @@ class FlowDriver:
 
     async def _count_crash(self, error: Exception) -> None:
         crashes = self.record.driver_crashes + 1
-        update: dict = {"driver_crashes": crashes}
+        self.record = self.record.model_copy(update={"driver_crashes": crashes})
         # past its commit point a run is never failed: some of its output may be visible
         # already, and only committing again (idempotent) makes it whole
-        if crashes >= MAX_DRIVER_CRASHES and self.record.state != FlowState.committing:
-            message = (f"its driver failed {crashes} times on an unexpected error (last: {type(error).__name__}: "
-                       f"{error}); the logs of nodes {self.node_id} and others name it; nothing was committed")
+        if crashes < MAX_DRIVER_CRASHES or self.record.state == FlowState.committing:
             with contextlib.suppress(Exception):
-                await self._stop()
-            if self.record.attempt:
-                with contextlib.suppress(Exception):
-                    await asyncio.to_thread(_sinks, self.plan, "abort", self.run, self.record.attempt)
-            update.update(state=FlowState.failed, ended=self.clock.time(), failure=Failure(message=message),
-                          error=str(FlowFailed(self.run, message)))
-        self.record = self.record.model_copy(update=update)
-        with contextlib.suppress(Exception):
-            await self._put()
+                await self._put()
+            return
+        message = (f"its driver failed {crashes} times on an unexpected error (last: {type(error).__name__}: "
+                   f"{error}); the logs of nodes {self.node_id} and others name it; nothing was committed")
+        attempt = self.record.attempt
+        # the actions flows.state gives a failed attempt; each is tried whatever became of the last
+        give_up: list[Action] = [StopInstances(attempt), *([AbortSinks(attempt)] if attempt else []),
+                                 Finish(FlowState.failed, Failure(message=message))]
+        for action in give_up:
+            with contextlib.suppress(Exception):
+                await self._do(action)
 
     def _wake_at(self, when: float) -> None:
         if self.timer is not None:

@@ -60,6 +60,16 @@ class Plan:
     def instances(self) -> int:
         return sum(s.parallelism for s in self.stages.values())
 
+    @property
+    def feeder(self) -> StagePlan | None:
+        """The stage the client feeds (stdin or a Python iterable), if any."""
+        return next((s for s in self.stages.values() if s.from_client), None)
+
+    @property
+    def receiver(self) -> StagePlan | None:
+        """The stage whose output goes to the client (stdout), if any."""
+        return next((s for s in self.stages.values() if s.to_client), None)
+
 
 def _parse(fn, value, path: Path, p: Problems):
     try:

@@ -12,7 +12,7 @@ lost), else failed."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Mapping, Union
+from typing import Mapping, Sequence, Union
 
 from .outcome import Outcome, OutcomeKind
 from .run import FINAL, Failure, FlowRunRecord, FlowState, Restart
@@ -173,9 +173,8 @@ def decide(run: RunState, event: Event, now: float) -> tuple[RunState, list[Acti
             return run, [StopInstances(run.attempt)]
         return run, []          # committing: too late, the output is on its way
     if isinstance(event, ClientGone) and state in (FlowState.pending, FlowState.running):
-        stop = [StopInstances(run.attempt), AbortSinks(run.attempt)] if state == FlowState.running else []
-        run, finish = _finish(run, FlowState.failed, Failure(message=event.message))
-        return run, stop + finish
+        return _finish(run, FlowState.failed, Failure(message=event.message),
+                       first=_stop(run) if state == FlowState.running else ())
     if isinstance(event, InstanceEnded):
         if state != FlowState.running or event.attempt != run.attempt or event.who in run.ended \
                 or event.who not in run.instances:
@@ -198,15 +197,23 @@ def _bad(run: RunState) -> int:
     return sum(o.bad for o in run.ended.values())
 
 
-def _start(run: RunState, attempt: int, restart: Restart | None) -> tuple[RunState, list[Action]]:
-    run = replace(run, state=FlowState.running, attempt=attempt, ended={}, failing_since=None,
+def _stop(run: RunState) -> list[Action]:
+    """Give up the current attempt: its instances and what its sinks wrote."""
+    return [StopInstances(run.attempt), AbortSinks(run.attempt)]
+
+
+def _start(run: RunState, attempt: int, restart: Restart | None,
+           first: Sequence[Action] = ()) -> tuple[RunState, list[Action]]:
+    """Start `attempt`, after the actions `first` (those giving up the one before)."""
+    new = replace(run, state=FlowState.running, attempt=attempt, ended={}, failing_since=None,
                   restarted=run.restarted + (restart is not None))
-    return run, [StartAttempt(attempt, restart)]
+    return new, [*first, StartAttempt(attempt, restart)]
 
 
-def _finish(run: RunState, state: FlowState, failure: Failure | None = None,
-            bad_records: int = 0) -> tuple[RunState, list[Action]]:
-    return replace(run, state=state), [Finish(state, failure, bad_records)]
+def _finish(run: RunState, state: FlowState, failure: Failure | None = None, bad_records: int = 0,
+            first: Sequence[Action] = ()) -> tuple[RunState, list[Action]]:
+    """End the run in `state`, after the actions `first`."""
+    return replace(run, state=state), [*first, Finish(state, failure, bad_records)]
 
 
 def _settle(run: RunState, now: float) -> tuple[RunState, list[Action]]:
@@ -220,31 +227,27 @@ def _settle(run: RunState, now: float) -> tuple[RunState, list[Action]]:
         bad = _bad(run)
         if bad > run.bad_records:
             examples = [e for o in run.ended.values() for e in o.bad_examples]
-            run, finish = _finish(run, FlowState.failed, Failure(message=(
+            return _finish(run, FlowState.failed, Failure(message=(
                 f"{bad} bad records in all (over the limit of {run.bad_records}; set bad_records: to "
-                f"tolerate more), e.g. {examples[:3]}")))
-            return run, [AbortSinks(run.attempt)] + finish
+                f"tolerate more), e.g. {examples[:3]}")), first=[AbortSinks(run.attempt)])
         return replace(run, state=FlowState.committing), [Commit(run.attempt)]
     settle_at = run.failing_since + SETTLE_S
     if not everyone and now < settle_at:
         return run, [WakeAt(settle_at)]
-    stop: list[Action] = [StopInstances(run.attempt), AbortSinks(run.attempt)]
+    stop = _stop(run)
     if run.cancelling:
-        run, finish = _finish(run, FlowState.cancelled)
-        return run, stop + finish
+        return _finish(run, FlowState.cancelled, first=stop)
     own = next(((w, o) for w, o in not_ok if o.own_failure), None)
     if own is not None:
         w, o = own
-        run, finish = _finish(run, FlowState.failed, Failure(
+        return _finish(run, FlowState.failed, Failure(
             message=f"stage instance {who_text(w)} failed: {o.message or o.kind.value}", stage=w[0],
-            stderr=o.stderr))
-        return run, stop + finish
+            stderr=o.stderr), first=stop)
     # name the instance that was lost rather than a peer that only saw its stream break
     w, o = next(((w, o) for w, o in not_ok if o.kind == OutcomeKind.lost), not_ok[0])
     why = f"{who_text(w)}: {o.message or o.kind.value}"
     if run.restarted < run.restarts:
-        run, start = _start(run, run.attempt + 1, Restart(attempt=run.attempt, why=why))
-        return run, stop + start
-    run, finish = _finish(run, FlowState.failed, Failure(message=(
-        f"an instance was lost on each of {run.attempt} attempts (restarts: {run.restarts}); last: {why}")))
-    return run, stop + finish
+        return _start(run, run.attempt + 1, Restart(attempt=run.attempt, why=why), first=stop)
+    return _finish(run, FlowState.failed, Failure(message=(
+        f"an instance was lost on each of {run.attempt} attempts (restarts: {run.restarts}); last: {why}")),
+        first=stop)

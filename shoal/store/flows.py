@@ -28,8 +28,14 @@ class Flows:
         """Flow keys live as long as finished tasks do: under the retention lease."""
         await self.kv.put(key, value, await self.kv.retention_lease())
 
-    async def _prefix(self, prefix: bytes):
-        return await self.kv.get_prefix(prefix)
+    async def _per_instance(self, prefix: bytes) -> list[tuple[str, int, bytes]]:
+        """(stage, index, value) of each key <prefix><stage>/<index>."""
+        kvs, _, _ = await self.kv.get_prefix(prefix)
+        out = []
+        for kv in kvs:
+            stage, index = kv.key[len(prefix):].decode().rsplit("/", 1)
+            out.append((stage, int(index), kv.value))
+        return out
 
     # -- the run record -------------------------------------------------------------------
 
@@ -91,7 +97,7 @@ class Flows:
 
     async def runs(self) -> tuple[list[FlowRunRecord], int]:
         """Every run's record, and the revision they were read at."""
-        kvs, _, rev = await self._prefix(self.keys.flows)
+        kvs, _, rev = await self.kv.get_prefix(self.keys.flows)
         out = []
         for kv in kvs:
             try:
@@ -111,13 +117,8 @@ class Flows:
         await self._put(self.keys.flow_outcome(run, attempt, stage, index), outcome.model_dump_json().encode())
 
     async def get_outcomes(self, run: str, attempt: int) -> dict[tuple[str, int], Outcome]:
-        prefix = self.keys.flow_outcomes(run, attempt)
-        kvs, _, _ = await self._prefix(prefix)
-        out = {}
-        for kv in kvs:
-            stage, index = kv.key[len(prefix):].decode().rsplit("/", 1)
-            out[(stage, int(index))] = Outcome.model_validate_json(kv.value)
-        return out
+        return {(stage, index): Outcome.model_validate_json(value)
+                for stage, index, value in await self._per_instance(self.keys.flow_outcomes(run, attempt))}
 
     async def get_outcome(self, run: str, attempt: int, stage: str, index: int) -> Outcome | None:
         kvs, _, _ = await self.kv.range(self.keys.flow_outcome(run, attempt, stage, index))
@@ -136,13 +137,13 @@ class Flows:
             for kv in kvs:
                 found[int(kv.key.rsplit(b"/", 1)[1])] = kv.value.decode()
 
-        kvs, _, rev = await self._prefix(prefix)
+        kvs, _, rev = await self.kv.get_prefix(prefix)
         take(kvs)
         if len(found) < count:
             async def watch():
                 async for batch in self.kv.watch(prefix, rev + 1):
                     if isinstance(batch, WatchReset):   # compacted past us: read them again
-                        take((await self._prefix(prefix))[0])
+                        take((await self.kv.get_prefix(prefix))[0])
                     else:
                         take(kv for kind, kv, _ in batch if kind == "PUT")
                     if len(found) >= count:
@@ -160,12 +161,9 @@ class Flows:
 
     async def get_stats(self, run: str, attempt: int) -> dict[str, dict[int, dict]]:
         """stage -> instance -> its last published counters."""
-        prefix = self.keys.flow_all_stats(run, attempt)
-        kvs, _, _ = await self._prefix(prefix)
         out: dict[str, dict[int, dict]] = {}
-        for kv in kvs:
-            stage, index = kv.key[len(prefix):].decode().rsplit("/", 1)
-            out.setdefault(stage, {})[int(index)] = orjson.loads(kv.value)
+        for stage, index, value in await self._per_instance(self.keys.flow_all_stats(run, attempt)):
+            out.setdefault(stage, {})[index] = orjson.loads(value)
         return out
 
     # -- signals to the driver -------------------------------------------------------------
