@@ -154,3 +154,22 @@ async def test_reaper_that_crashed_once_still_requeues_a_dead_nodes_tasks(store)
         assert got.state == TaskState.queued
         assert reaper.requeued == 1
     await store.kv.revoke_lease(reaper_lease)
+
+
+async def test_a_key_left_on_our_own_lease_is_taken_up_again(store):
+    """A resign that failed (etcd away after a crash) leaves the key on our live lease:
+    nobody else can win it, so we must take the role up again ourselves."""
+    lease = await store.kv.grant_lease(30)
+    assert await store.elections.campaign("reaper", "node-a", lease)   # left over
+    served = asyncio.Event()
+
+    async def serve():
+        served.set()
+        await asyncio.Event().wait()
+
+    roles = Roles(store, "node-a", lambda: lease)
+    roles.add("reaper", serve)
+    async with running(roles):
+        await asyncio.wait_for(served.wait(), 5)
+        assert "reaper" in roles.held
+    await store.kv.revoke_lease(lease)

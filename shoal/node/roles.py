@@ -103,8 +103,9 @@ class Roles:
             role.wake.clear()
             try:
                 lease = self._lease()
-                if (lease and await self.store.elections.leader(role.name) is None
-                        and await self.store.elections.campaign(role.name, self.node_id, lease)):
+                # one transaction: wins a free key, or finds ours (a resign that failed
+                # after a crash leaves it on our lease: we take the role up again)
+                if lease and await self.store.elections.campaign(role.name, self.node_id, lease):
                     if await self._hold(role, lease):
                         self._roles.pop(role.name, None)
                         return
