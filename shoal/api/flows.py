@@ -7,7 +7,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..errors import Conflict, InvalidSpec, NotFound
+from ..errors import Conflict, InvalidSpec
 from ..flows.plan import plan_or_raise
 from ..flows.run import FlowRunRecord, FlowState
 
@@ -143,12 +143,5 @@ async def cancel(request: Request, run: str):
     if record.state == FlowState.committing:
         raise Conflict(f"flow run {run} is committing its output; too late to cancel")
     await node.store.flows.put_cancel(run)
-    cancelled = 0
-    for ids in record.tasks.values():
-        for tid in ids:
-            try:
-                await node.store.tasks.cancel(tid)
-                cancelled += 1
-            except (Conflict, NotFound):
-                pass
+    cancelled = await node.store.tasks.cancel_all([t for ids in record.tasks.values() for t in ids])
     return {"id": run, "cancelled_instances": cancelled}

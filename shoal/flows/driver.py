@@ -20,7 +20,7 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING, AsyncContextManager, Protocol
 
-from ..errors import (Conflict, FlowFailed, InvalidSpec, LostDriverRole, NotFound, ShoalError, StoreCompacted,
+from ..errors import (FlowFailed, InvalidSpec, LostDriverRole, NotFound, ShoalError, StoreCompacted,
                       StoreUnavailable)
 from ..logic.clock import SYSTEM_CLOCK, Clock
 from ..model import TaskRecord, TaskSpec
@@ -254,10 +254,7 @@ class FlowDriver:
                     await snapshot()
 
     async def _stop(self) -> None:
-        async def one(tid: str) -> None:
-            with contextlib.suppress(Conflict, NotFound):
-                await self.store.tasks.cancel(tid)
-        await asyncio.gather(*(one(t) for ids in self.record.tasks.values() for t in ids))
+        await self.store.tasks.cancel_all([t for ids in self.record.tasks.values() for t in ids])
 
     async def _commit(self, attempt: int) -> None:
         self.record = self.record.model_copy(update={"state": FlowState.committing})

@@ -4,6 +4,7 @@ is one transaction that compares what it read (mod_revision, create_revision) so
 concurrent nodes never double-apply."""
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 
 from ..errors import Conflict, InvalidSpec, NotFound, TooLarge
@@ -295,6 +296,18 @@ class TaskStore:
             if resp.succeeded:
                 return new
         raise Conflict(f"task {task_id} kept changing while cancelling it; try again")
+
+    async def cancel_all(self, ids: list[str]) -> int:
+        """Cancel every task of `ids` that has not ended, all at once; how many were. Ones
+        already ended or gone are skipped. For tasks that do not depend on each other (a
+        flow's instances): cancels inside one DAG would race on their cascades."""
+        async def one(task_id: str) -> bool:
+            try:
+                await self.cancel(task_id)
+                return True
+            except (Conflict, NotFound):
+                return False
+        return sum(await asyncio.gather(*(one(t) for t in ids)))
 
     async def requeue_lost(self, task_id: str, node_id: str) -> TaskRecord | None:
         """The reaper's move for a task whose node died: if its current attempt is still
