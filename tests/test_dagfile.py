@@ -318,28 +318,33 @@ def test_example_pipeline_runs_end_to_end(make_cluster, tmp_path):
     assert next(s for s in st["steps"] if s["step"] == "report")["after"] == ["squares", "evens", "wordfreq"]
 
 
+# the last step waits on two that both wait on the first; each step logs when it starts
+# and ends (right's command is an argv list), so the order they ran in can be checked
+ORDER = """\
+name: order
+defaults:
+  env: {{LOG: "{log}"}}
+steps:
+  last:
+    command: echo last >> "$LOG"
+    after: [left, right]
+  first:
+    command: sleep 0.3; echo first >> "$LOG"
+  left:
+    command: echo left-start >> "$LOG"; sleep 0.5; echo left-end >> "$LOG"
+    after: first
+  right:
+    command: ["sh", "-c", "echo right-start >> \\"$LOG\\"; sleep 0.5; echo right-end >> \\"$LOG\\""]
+    after: [first]
+"""
+
+
 @pytest.mark.cluster
 def test_steps_run_in_dependency_order(make_cluster, tmp_path):
     cluster = make_cluster(nodes=2)
     log = tmp_path / "order.log"
     dag = tmp_path / "order.yaml"
-    dag.write_text(textwrap.dedent(f"""\
-        name: order
-        defaults:
-          env: {{LOG: "{log}"}}
-        steps:
-          last:
-            command: echo last >> "$LOG"
-            after: [left, right]
-          first:
-            command: sleep 0.3; echo first >> "$LOG"
-          left:
-            command: echo left-start >> "$LOG"; sleep 0.5; echo left-end >> "$LOG"
-            after: first
-          right:
-            command: ["sh", "-c", "echo right-start >> \\"$LOG\\"; sleep 0.5; echo right-end >> \\"$LOG\\""]
-            after: [first]
-        """))
+    dag.write_text(ORDER.format(log=log))
     out = shoal("dag", "run", "--address", cluster.address, "-o", "json", str(dag))
     assert out.returncode == 0, out.stderr
     res = json.loads(out.stdout)
@@ -406,25 +411,6 @@ def test_a_failed_step_fails_its_dependents_upstream_and_the_run(make_cluster, t
 
 # -- from Python: client.run_dag --------------------------------------------------------------
 
-ORDER = """\
-name: order
-defaults:
-  env: {{LOG: "{log}"}}
-steps:
-  last:
-    command: echo last >> "$LOG"
-    after: [left, right]
-  first:
-    command: sleep 0.3; echo first >> "$LOG"
-  left:
-    command: echo left >> "$LOG"
-    after: first
-  right:
-    command: echo right >> "$LOG"
-    after: [first]
-"""
-
-
 @pytest.mark.cluster
 async def test_run_dag_from_python_in_order_and_a_bad_file_submits_nothing(make_cluster, tmp_path):
     from shoal.client import aconnect, connect
@@ -449,7 +435,8 @@ async def test_run_dag_from_python_in_order_and_a_bad_file_submits_nothing(make_
         assert all(r.state.value == "succeeded" and r.spec.job == run.job for r in run.records.values())
         assert run.records["last"].spec.depends_on == [run.ids["left"], run.ids["right"]]
         lines = log.read_text().split()
-        assert lines[0] == "first" and lines[-1] == "last" and sorted(lines[1:3]) == ["left", "right"]
+        assert lines[0] == "first" and lines[-1] == "last" and sorted(lines[1:5]) == [
+            "left-end", "left-start", "right-end", "right-start"]
         recs = run.records
         for before, after in (("first", "left"), ("first", "right"), ("left", "last"), ("right", "last")):
             assert recs[after].started_at >= recs[before].finished_at - 0.01
