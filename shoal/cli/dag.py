@@ -27,7 +27,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from ..client.dag import job_id, load_dag
+from ..client.dag import load_dag
 from ..errors import InvalidSpec, NotFound
 from ..cluster.local import LocalCluster
 from ..model import FINAL_STATES, TaskRecord, TaskState
@@ -205,10 +205,10 @@ def run(file: Path = typer.Argument(..., exists=True, dir_okay=False, help="The 
         wait: bool = typer.Option(True, "--wait/--no-wait", help="Wait for every step and show them live."),
         address: Optional[str] = ADDRESS, output: Output = OUTPUT):
     dag = _load_or_exit(file, output)
-    job = job_id(dag.name)
     with client_for(address, embedded=wait) as c:
         # steps go in layer by layer; if that stops part way, those already in are cancelled
-        ids = c.run_dag(dag, job=job, on_stopped=lambda note: print(note, file=sys.stderr)).ids
+        started = c.run_dag(dag, on_stopped=lambda note: print(note, file=sys.stderr))
+        job, ids = started.job, started.ids
         if output == Output.table:
             console.print(f"job [bold]{job}[/]", highlight=False)
             t = Table(show_edge=False, header_style="bold")
