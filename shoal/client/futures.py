@@ -162,16 +162,23 @@ async def aas_completed(futures: Iterable[Future], timeout: float | None = None)
         yield f
 
 
+def _by_client(futures: list[Future]) -> list[list[int]]:
+    """The positions of `futures`, grouped by the client that made them: each client
+    waits for its own in one request."""
+    groups: dict[int, list[int]] = {}
+    for i, f in enumerate(futures):
+        groups.setdefault(id(f.aclient), []).append(i)
+    return list(groups.values())
+
+
 def gather(futures: Iterable[Future]) -> list:
     """The results of `futures`, in order, each fetched through the client that made it
     (the first failure raises). Sync clients' futures only; `await agather(...)` else."""
     futures = list(futures)
-    out: list = [None] * len(futures)
-    groups: dict[int, list[int]] = {}
-    for i, f in enumerate(futures):
+    for f in futures:
         f._sync()
-        groups.setdefault(id(f.client), []).append(i)
-    for at in groups.values():
+    out: list = [None] * len(futures)
+    for at in _by_client(futures):
         client = futures[at[0]].client
         for i, value in zip(at, client.gather([futures[i] for i in at])):
             out[i] = value
@@ -182,10 +189,7 @@ async def agather(futures: Iterable[Future]) -> list:
     """The results of `futures`, in order, each fetched through the client that made it."""
     futures = list(futures)
     out: list = [None] * len(futures)
-    groups: dict[int, list[int]] = {}
-    for i, f in enumerate(futures):
-        groups.setdefault(id(f.aclient), []).append(i)
-    for at in groups.values():
+    for at in _by_client(futures):
         first = futures[at[0]]
         if first.is_async:
             values = await first.client.gather([futures[i] for i in at])
