@@ -35,6 +35,7 @@ rebuilt as the same class on the other side; the status codes live in `shoal.api
 from __future__ import annotations
 
 import difflib
+import json
 import re
 from typing import Any, Callable, Iterable, Iterator, NamedTuple
 
@@ -202,10 +203,16 @@ def to_body(e: ShoalError) -> dict:
     return body
 
 
-def from_body(status: int, body: dict | None, fallback_text: str, origin: str = "") -> ShoalError:
-    """The error an HTTP answer with `status` and JSON `body` (None: not JSON) carries,
-    rebuilt as its own class; `fallback_text` is the message when the body has none.
-    `origin` (which node answered) goes in front of the message when a node relays it."""
+def from_body(status: int, body: dict | str | bytes | None, fallback_text: str, origin: str = "") -> ShoalError:
+    """The error an HTTP answer with `status` and `body` (decoded JSON, or the raw text,
+    which need not be JSON) carries, rebuilt as its own class; `fallback_text` is the
+    message when the body has none. `origin` (which node answered) goes in front of the
+    message when a node relays it."""
+    if isinstance(body, (str, bytes)):
+        try:
+            body = json.loads(body)
+        except ValueError:
+            body = None
     body = body if isinstance(body, dict) else {}
     cls = error_classes().get(body.get("error")) if isinstance(body.get("error"), str) else None
     if cls is None:

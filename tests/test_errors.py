@@ -116,6 +116,13 @@ def test_an_unknown_name_or_no_body_is_read_by_status(status, cls):
     assert from_body(422, None, "bad").problems == ["bad"]
 
 
+def test_a_raw_body_is_decoded_when_it_is_json():
+    e = from_body(404, b'{"error": "NotFound", "message": "no task t1"}', "fallback")
+    assert type(e) is errors.NotFound and str(e) == "no task t1"
+    e = from_body(502, "<html>bad gateway</html>", "HTTP 502: <html>bad gateway</html>")
+    assert type(e) is ShoalError and str(e) == "HTTP 502: <html>bad gateway</html>"
+
+
 def test_a_relayed_error_says_which_node_answered():
     e = from_body(404, {"error": "NotFound", "message": "no result"}, "", origin="node node-2")
     assert type(e) is errors.NotFound and str(e) == "node node-2: no result"

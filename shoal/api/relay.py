@@ -27,11 +27,7 @@ async def ask(method: str, url: str, holder: str, what: str, params: dict | None
         finally:
             await resp.aclose()
             await client.aclose()
-        try:
-            body = resp.json()
-        except ValueError:
-            body = None
-        raise from_body(resp.status_code, body, resp.text[:300], origin=f"node {holder}")
+        raise from_body(resp.status_code, resp.content, resp.text[:300], origin=f"node {holder}")
     return client, resp
 
 

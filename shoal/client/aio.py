@@ -30,12 +30,8 @@ if TYPE_CHECKING:
 
 def _raise_for(resp: httpx.Response) -> None:
     if resp.status_code >= 400:
-        try:
-            body = resp.json()
-        except ValueError:
-            body = None
-        raise errors.from_body(resp.status_code, body, f"{resp.request.method} {resp.request.url.path}: "
-                                                       f"HTTP {resp.status_code}: {resp.text[:500]}")
+        raise errors.from_body(resp.status_code, resp.content, f"{resp.request.method} {resp.request.url.path}: "
+                                                               f"HTTP {resp.status_code}: {resp.text[:500]}")
 
 
 def check_specs(rows: list[dict]) -> None:

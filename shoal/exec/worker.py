@@ -7,7 +7,6 @@ runs, file descriptors 1 and 2 are that attempt's log files.
 from __future__ import annotations
 
 import base64
-import json
 import os
 import pickle
 import struct
@@ -49,11 +48,7 @@ def fetch_result(api: str, task_id: str) -> object:
     except urllib.error.HTTPError as e:
         from shoal.errors import from_body
         text = e.read().decode(errors="replace")
-        try:
-            body = json.loads(text)
-        except ValueError:
-            body = None
-        raise from_body(e.code, body, f"HTTP {e.code}: {text[:300]}",
+        raise from_body(e.code, text, f"HTTP {e.code}: {text[:300]}",
                         origin=f"could not fetch the result of {task_id}") from None
 
 
