@@ -103,6 +103,16 @@ class AsyncClient:
         _raise_for(resp)
         return orjson.loads(resp.content)
 
+    @contextlib.asynccontextmanager
+    async def _stream(self, method: str, path: str, **kw) -> AsyncIterator[httpx.Response]:
+        """A streamed answer, its body not read yet (no read timeout: a stream may stay
+        quiet for long), or the ShoalError it stands for. Keywords go to httpx."""
+        async with self._http.stream(method, path, timeout=httpx.Timeout(30.0, read=None), **kw) as resp:
+            if resp.status_code >= 400:
+                await resp.aread()
+                _raise_for(resp)
+            yield resp
+
     @staticmethod
     def _spec(command: Any, fields: dict) -> dict:
         data = dict(fields, command=command) if command is not None else dict(fields)
@@ -199,13 +209,8 @@ class AsyncClient:
 
     async def as_finished(self, ids: list[str], timeout: float | None = None) -> AsyncIterator[TaskRecord]:
         """Yield each task once it has ended, in the order they end (driven by etcd watches)."""
-        import anyio
         with anyio.fail_after(timeout):
-            async with self._http.stream("POST", "/v1/wait", json={"ids": list(ids)},
-                                         timeout=httpx.Timeout(30.0, read=None)) as resp:
-                if resp.status_code >= 400:
-                    await resp.aread()
-                    _raise_for(resp)
+            async with self._stream("POST", "/v1/wait", json={"ids": list(ids)}) as resp:
                 async for line in resp.aiter_lines():
                     if not line:
                         continue
@@ -237,11 +242,7 @@ class AsyncClient:
         params = {"stream": stream, "follow": str(follow).lower()}
         if attempt:
             params["attempt"] = attempt
-        async with self._http.stream("GET", f"/v1/tasks/{task_id}/logs", params=params,
-                                     timeout=httpx.Timeout(30.0, read=None)) as resp:
-            if resp.status_code >= 400:
-                await resp.aread()
-                _raise_for(resp)
+        async with self._stream("GET", f"/v1/tasks/{task_id}/logs", params=params) as resp:
             async for text in resp.aiter_text():
                 yield text
 
@@ -250,11 +251,7 @@ class AsyncClient:
         """Every task change (only of one job, one task, or into one state) from etcd
         revision `since` (default: now) on: {"type": "hello" | "task" | "reset", ...}."""
         params = {k: v for k, v in dict(job=job, task=task, since=since, state=state).items() if v is not None}
-        async with self._http.stream("GET", "/v1/events", params=params,
-                                     timeout=httpx.Timeout(30.0, read=None)) as resp:
-            if resp.status_code >= 400:
-                await resp.aread()
-                _raise_for(resp)
+        async with self._stream("GET", "/v1/events", params=params) as resp:
             async for line in resp.aiter_lines():
                 if line:
                     yield orjson.loads(line)
@@ -271,11 +268,7 @@ class AsyncClient:
 
     async def result_bytes(self, task_id: str) -> bytes:
         """The pickled return value of a succeeded function task, from wherever it is kept."""
-        async with self._http.stream("GET", f"/v1/tasks/{task_id}/result",
-                                     timeout=httpx.Timeout(30.0, read=None)) as resp:
-            if resp.status_code >= 400:
-                await resp.aread()
-                _raise_for(resp)
+        async with self._stream("GET", f"/v1/tasks/{task_id}/result") as resp:
             return b"".join([chunk async for chunk in resp.aiter_raw()])
 
     async def delete_job(self, job: str) -> dict:
