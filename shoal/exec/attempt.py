@@ -5,6 +5,7 @@ on the event loop, so no thread waits per child."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import shutil
 import signal
@@ -192,6 +193,17 @@ def _spawn(argv: list[str], env: dict, stdin, out: int, err: int, cwd: str | Non
     return proc.pid
 
 
+def _memory_file(data: bytes):
+    """A read-only-from-the-start file in memory holding `data`, to hand to a child as
+    stdin: no pipe to keep fed from the event loop, nothing left on disk."""
+    fd = os.memfd_create("shoal-input", os.MFD_CLOEXEC)
+    f = open(fd, "r+b")
+    f.write(data)
+    f.flush()
+    f.seek(0)
+    return f
+
+
 def log_paths(log_dir: Path, task_id: str, n: int) -> tuple[Path, Path]:
     """Files of attempt n, flat in the node's log directory (no directory per task)."""
     return log_dir / f"{task_id}.{n}.out", log_dir / f"{task_id}.{n}.err"
@@ -208,6 +220,8 @@ def start(spec: TaskSpec, task_id: str, n: int, log_dir: Path, node_id: str,
             stdin = open(spec.stdin, "rb")
         except OSError as e:
             raise SetupError(f"stdin: cannot open {spec.stdin!r} on node {node_id}: {e.strerror}") from None
+    elif spec.input is not None:
+        stdin = _memory_file(base64.b64decode(spec.input))
     out_path, err_path = log_paths(log_dir, task_id, n)
     env = dict(base_env) if base_env is not None else dict(os.environ)
     env.update(spec.env)

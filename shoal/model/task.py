@@ -2,6 +2,8 @@
 holds about it (TaskRecord: the spec plus state and attempts)."""
 from __future__ import annotations
 
+import base64
+import binascii
 import enum
 from typing import Annotated, Any, Union
 
@@ -12,6 +14,7 @@ from ..errors import Problems, describe_validation
 from .sizes import parse_size
 
 DEFAULT_MAX_RETRIES = 10
+MAX_INPUT_BYTES = 64 * 1024   # inline stdin: several records go in one etcd transaction
 
 
 class TaskState(str, enum.Enum):
@@ -51,6 +54,8 @@ class TaskSpec(BaseModel):
     env: dict[str, str] = Field(default_factory=dict)
     cwd: str | None = None
     stdin: str | None = Field(None, description="path of a file on the node fed to stdin")
+    input: str | None = Field(None, description="bytes fed to stdin, base64-encoded, at most "
+                              f"{MAX_INPUT_BYTES // 1024} KiB decoded (it is stored in the record)")
     cpus: float = Field(1.0, ge=0, le=1024)
     memory: Size = Field(0, description="bytes, or a size such as 512M, 2G; 0 = no limit")
     disk: Size = 0
@@ -77,6 +82,8 @@ class TaskSpec(BaseModel):
                              "string, or a Python function through @shoal.task)")
         if self.command is not None and self.function is not None:
             raise ValueError("command: give a command or a function, not both")
+        if self.input is not None and self.stdin is not None:
+            raise ValueError("input: give input (bytes for stdin) or stdin (a file on the node), not both")
         return self
 
     @property
@@ -94,6 +101,20 @@ class TaskSpec(BaseModel):
         else:
             if not v or not v[0]:
                 raise ValueError("is empty (give an argv list such as ['echo', 'hi'] or a shell string)")
+        return v
+
+    @field_validator("input")
+    @classmethod
+    def _input_small(cls, v):
+        if v is None:
+            return v
+        try:
+            size = len(base64.b64decode(v, validate=True))
+        except binascii.Error:
+            raise ValueError("is not base64 (give the bytes for stdin base64-encoded)") from None
+        if size > MAX_INPUT_BYTES:
+            raise ValueError(f"is {size:,} bytes; a task carries at most {MAX_INPUT_BYTES:,} bytes of input "
+                             "(cut it smaller, e.g. shoal map --pipe --block 64K, or give stdin: a file on the node)")
         return v
 
     @field_validator("labels")
