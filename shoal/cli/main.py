@@ -68,8 +68,12 @@ def command():
 
 
 def _usage_message(e: ClickException) -> None:
-    # pydantic's words leak into typer's messages: "Value error, 'done' is not one of ..."
+    """Show a usage error, naming the value that was refused. typer checks values with
+    pydantic, whose message leaves the value out and may start with "Value error, "."""
+    errs = e.__cause__.errors() if callable(getattr(e.__cause__, "errors", None)) else []
     e.message = e.message.replace("Value error, ", "")
+    if errs and isinstance(errs[0].get("input"), str) and errs[0]["input"] not in e.message:
+        e.message = f"{errs[0]['input']!r} is not valid: {e.message}"
     e.show()
 
 
