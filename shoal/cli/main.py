@@ -12,7 +12,7 @@ import sys
 
 import typer
 import typer.main
-# typer (>= 0.26) raises its own bundled copy of click's exceptions, not click's: the
+# typer raises its own bundled copy of click's exceptions, not click's: the
 # range pinned in pyproject.toml is the one this import is known to work with
 from typer._click.exceptions import ClickException
 
