@@ -214,7 +214,6 @@ def register(app: typer.Typer) -> None:
             raise InvalidSpec([str(e)]) from None
         if env:
             spec["env"] = env
-        spec.setdefault("cwd", os.getcwd())
         if spec.get("retries"):
             spec["retries"] = spec["retries"] - 1   # parallel's --retries N: N attempts in all
         work = make_jobs(template, sources, linked, per_job, colsep, pipe, block, bash_functions(env))
