@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import re
 import subprocess
 import sys
@@ -505,3 +506,12 @@ def test_map_jobs_limits_how_many_are_unfinished(sh, tmp_path):
     # one at a time: each task was submitted only after the one before had ended
     for before, after in zip(recs, recs[1:]):
         assert after["submitted_at"] >= before["finished_at"], (before, after)
+
+
+def test_map_runs_exported_bash_functions(home, tmp_path):
+    if not shutil.which("bash"):
+        pytest.skip("no bash")
+    env = {"BASH_FUNC_doit%%": '() {  echo "did $1"\n}'}   # what `export -f doit` puts in the environment
+    p = run_map(home, "-k", "doit", ":::", "1", "2", env=env, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == b"did 1\ndid 2\n"

@@ -112,8 +112,8 @@ class Jobs:
         except ValueError as e:
             raise InvalidSpec([f"command: {e}"]) from None
 
-    def spec(self, base: dict, i: int, slot: int) -> dict:
-        spec = dict(base, command=as_command(self.command(i, slot), self.functions))
+    def spec(self, base: dict, command: str, i: int) -> dict:
+        spec = dict(base, command=as_command(command, self.functions))
         if self.blocks is not None:
             spec["input"] = base64.b64encode(self.blocks[i]).decode()
         return spec
@@ -177,7 +177,7 @@ def register(app: typer.Typer) -> None:
                                                         "DIR/1/<input 1>/2/<input 2>/ instead of printing."),
              getenv: bool = typer.Option(True, "--getenv/--no-getenv",
                                          help="Send your exported variables, less host ones (PATH, HOME, "
-                                              "SSH_*, ...) [default: on]."),
+                                              "SSH_*, ...)."),
              joblog: Optional[str] = typer.Option(None, help="Write a GNU parallel style job log here."),
              halt: Optional[str] = typer.Option(None, help="soon,fail=N or now,fail=N (or N%): stop after failures."),
              progress: Optional[bool] = typer.Option(None, "--progress/--no-progress",
@@ -260,9 +260,8 @@ def _run(c, work: Jobs, spec: dict, job: str, window: int | None, joblog, halt: 
     commands: dict[int, str] = {}
 
     def spec_for(i: int, slot: int) -> dict:
-        one = work.spec(spec, i, slot)
         commands[i] = work.command(i, slot)
-        return one
+        return work.spec(spec, commands[i], i)
 
     done: dict[int, TaskRecord] = {}
     next_print = 0
