@@ -2,6 +2,7 @@
 cluster found through SHOAL_HOME; exit codes, printed output, and `Error:` messages."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -515,3 +516,15 @@ def test_map_runs_exported_bash_functions(home, tmp_path):
     p = run_map(home, "-k", "doit", ":::", "1", "2", env=env, cwd=tmp_path)
     assert p.returncode == 0, p.stderr
     assert p.stdout == b"did 1\ndid 2\n"
+
+
+@pytest.mark.timeout(300)
+def test_map_pipe_of_megabytes_keeps_the_node_going(home, tmp_path):
+    # every block rides in its task's record; a node that claimed many at once used to
+    # send etcd one transaction too large to take, and retry it forever
+    from shoal.logic.mapinput import cut_blocks
+    data = b"".join(b"%d\n" % i for i in range(1, 400001))   # 2.6 MB
+    blocks = cut_blocks(data, 32 * 1024)                      # the default --block, 32K
+    p = run_map(home, "-k", "--pipe", "md5sum", stdin=data, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.decode().splitlines() == [f"{hashlib.md5(b).hexdigest()}  -" for b in blocks]

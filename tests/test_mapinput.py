@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, strategies as st
 
 from shoal.errors import InvalidSpec
-from shoal.logic.mapinput import (MAX_ENV_BYTES, bash_functions, cut_blocks, parse_block, results_path,
-                                  task_env)
+from shoal.logic.mapinput import (MAX_ENV_BYTES, MAX_PIPE_INFLIGHT_BYTES, bash_functions, cut_blocks, parse_block,
+                                  pipe_window, results_path, task_env)
 from shoal.logic.template import as_command, combine, fill, group_args, split_columns, tag_lines, uses_slot
 from shoal.model import TaskSpec
 from shoal.model.task import MAX_INPUT_BYTES
@@ -116,9 +116,16 @@ def test_task_input_is_bounded_base64():
     ok = TaskSpec.parse({"command": ["cat"], "input": base64.b64encode(b"x" * MAX_INPUT_BYTES).decode()})
     assert base64.b64decode(ok.input) == b"x" * MAX_INPUT_BYTES
     for data, expect in [
-        ({"input": base64.b64encode(b"x" * (MAX_INPUT_BYTES + 1)).decode()}, "input: is 65,537 bytes"),
+        ({"input": base64.b64encode(b"x" * (MAX_INPUT_BYTES + 1)).decode()}, "input: is 32,769 bytes"),
         ({"input": "not base64!"}, "input: is not base64"),
         ({"input": "eA==", "stdin": "/etc/hosts"}, r"input: give input \(bytes for stdin\) or stdin"),
     ]:
         with pytest.raises(InvalidSpec, match=expect):
             TaskSpec.parse({"command": ["cat"], **data})
+
+
+def test_a_pipe_map_keeps_its_records_in_flight_small():
+    for block in (1, 1000, 10_000, MAX_INPUT_BYTES):
+        w = pipe_window(block)
+        assert w >= 1 and w * (block * 4 // 3) <= MAX_PIPE_INFLIGHT_BYTES
+    assert pipe_window(MAX_INPUT_BYTES) >= 8 and pipe_window(100) > 100

@@ -19,7 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from ..errors import InvalidSpec, TooLarge
 from ..client.template import (MAX_INPUT_BYTES, as_command, bash_functions, combine, cut_blocks, fill,
-                               group_args, parse_block, results_path, split_columns, tag_lines, task_env,
+                               group_args, parse_block, pipe_window, results_path, split_columns, tag_lines, task_env,
                                uses_slot)
 from ..model import FINAL_STATES, TaskRecord, TaskState, new_ids
 from .common import client_for
@@ -122,7 +122,7 @@ class Jobs:
 def make_jobs(template: str, sources, linked, per_job, colsep, pipe, block, functions) -> Jobs:
     if pipe:
         try:
-            size = parse_block(block or "64K")
+            size = parse_block(block or "32K")
         except ValueError as e:
             raise InvalidSpec([str(e)]) from None
         blocks = cut_blocks(sys.stdin.buffer.read(), size, per_job)
@@ -170,8 +170,8 @@ def register(app: typer.Typer) -> None:
              pipe: bool = typer.Option(False, "--pipe", "--spreadstdin",
                                        help="Cut stdin into blocks of whole lines, one job's stdin each."),
              block: Optional[str] = typer.Option(None, "--block", "--block-size",
-                                                 help="--pipe block size: 64K = 65536 bytes, 64k = 64000 "
-                                                      f"[default: 64K, at most {MAX_INPUT_BYTES // 1024}K]."),
+                                                 help="--pipe block size: 32K = 32768 bytes, 32k = 32000 "
+                                                      f"[default: 32K, at most {MAX_INPUT_BYTES // 1024}K]."),
              results: Optional[str] = typer.Option(None, "--results", "--res",
                                                    help="Write each job's stdout, stderr and seq under "
                                                         "DIR/1/<input 1>/2/<input 2>/ instead of printing."),
@@ -227,6 +227,8 @@ def register(app: typer.Typer) -> None:
         show = Show(keep_order, tag, results, output)
         with client_for(address, embedded=True) as c:
             window = jobs or None
+            if work.blocks is not None:
+                window = min(window or len(work), pipe_window(max(map(len, work.blocks))))
             if window is None and (uses_slot(template) or halt_rule is not None):
                 # {%} numbers slots, and --halt must see a failure before the next job
                 # starts: both take a window; the cluster's slots keep it as busy as before

@@ -52,6 +52,19 @@ def bash_functions(env: dict[str, str]) -> frozenset[str]:
     return frozenset(k[len("BASH_FUNC_"):-2] for k in env if k.startswith("BASH_FUNC_") and k.endswith("%%"))
 
 
+# A node claims and ends many tasks in one etcd transaction (at most 1.5 MiB), and each
+# carries its whole record, --pipe block included. So a --pipe map keeps few of its tasks
+# unfinished at once: together their records stay under this, whatever node they land on.
+MAX_PIPE_INFLIGHT_BYTES = 512 * 1024
+
+
+def pipe_window(largest_block: int) -> int:
+    """How many tasks of a --pipe map may be unfinished at once, given its largest block
+    (stored base64-encoded, plus the rest of the record)."""
+    record = 4 * -(-largest_block // 3) + 2048
+    return max(1, MAX_PIPE_INFLIGHT_BYTES // record)
+
+
 _UNITS = {"": 1, "k": 1000, "K": 1024, "m": 1000 ** 2, "M": 1024 ** 2, "g": 1000 ** 3, "G": 1024 ** 3}
 
 

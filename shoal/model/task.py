@@ -14,7 +14,7 @@ from ..errors import Problems, describe_validation
 from .sizes import parse_size
 
 DEFAULT_MAX_RETRIES = 10
-MAX_INPUT_BYTES = 64 * 1024   # inline stdin: several records go in one etcd transaction
+MAX_INPUT_BYTES = 32 * 1024   # inline stdin: a node claims and ends many records in one etcd transaction
 
 
 class TaskState(str, enum.Enum):
@@ -114,7 +114,7 @@ class TaskSpec(BaseModel):
             raise ValueError("is not base64 (give the bytes for stdin base64-encoded)") from None
         if size > MAX_INPUT_BYTES:
             raise ValueError(f"is {size:,} bytes; a task carries at most {MAX_INPUT_BYTES:,} bytes of input "
-                             "(cut it smaller, e.g. shoal map --pipe --block 64K, or give stdin: a file on the node)")
+                             "(cut it smaller, e.g. shoal map --pipe --block 32K, or give stdin: a file on the node)")
         return v
 
     @field_validator("labels")
