@@ -34,22 +34,23 @@ async def logs(request: Request, task_id: str, stream: Literal["stdout", "stderr
     if not 1 <= n <= len(rec.attempts):
         raise InvalidSpec([f"attempt: {n} is out of range (the task has {len(rec.attempts)} attempts)"])
     holder = rec.attempts[n - 1].node
+    which = {"X-Shoal-Attempt": str(n)}  # a client resuming this stream elsewhere asks for the same attempt
     if holder == node.s.node_id:
         out, err = log_paths(node.s.log_dir, task_id, n)
         path = out if stream == "stdout" else err
-        return StreamingResponse(_read_file(node, task_id, path, follow, n), media_type="text/plain")
+        return StreamingResponse(_read_file(node, task_id, path, follow, n), media_type="text/plain", headers=which)
     if local:
         raise NotFound(f"attempt {n} of task {task_id} did not run on node {node.s.node_id}")
     other = await node.store.nodes.node(holder)
     if other is None:
         text = rec.stdout_tail if stream == "stdout" else rec.stderr_tail
         return StreamingResponse(iter([text.encode()]), media_type="text/plain",
-                                 headers={"X-Shoal-Log-Source": f"tail kept in the task record (node {holder} is gone)"})
+                                 headers={**which, "X-Shoal-Log-Source": f"tail kept in the task record (node {holder} is gone)"})
     params = {"stream": stream, "follow": str(follow).lower(), "attempt": n, "local": "true"}
     client, resp = await relay.ask("GET", f"{other.api}/v1/tasks/{task_id}/logs", holder,
                                    f"the log of attempt {n} of {task_id}", params, httpx.Timeout(10.0, read=None))
     return StreamingResponse(relay.relay(client, resp), media_type="text/plain",
-                             headers={"X-Shoal-Log-Source": f"node {holder}"})
+                             headers={**which, "X-Shoal-Log-Source": f"node {holder}"})
 
 
 async def _wait_started(node, task_id: str):
