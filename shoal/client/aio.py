@@ -132,21 +132,20 @@ class AsyncClient:
         if idempotent is None:
             idempotent = method.upper() in ("GET", "HEAD", "PUT", "DELETE")
         tried: list[NodeDown] = []
-        try:
-            async for attempt in failover.attempts(len(self._ring.addresses)):
-                with attempt:
-                    node = self._ring.current
-                    resp = await self._send_to(node, method, path, idempotent, stream, tried, **kw)
-        except NodeDown:
-            raise self._unreachable(tried) from None
+        resp = await failover.attempts(len(self._ring.addresses))(
+            self._send_to, method, path, idempotent, stream, tried, **kw)
+        if isinstance(resp, NodeDown):
+            raise self._unreachable(tried)
+        node = resp.extensions["shoal_node"]
         self._ring.answered(node)
-        resp.extensions["shoal_node"] = node
         if tried:
             await self._learn_nodes()  # the cluster may have changed: a node died, others joined
         return resp
 
-    async def _send_to(self, node: str, method: str, path: str, idempotent: bool, stream: bool,
-                       tried: list[NodeDown], **kw) -> httpx.Response:
+    async def _send_to(self, method: str, path: str, idempotent: bool, stream: bool,
+                       tried: list[NodeDown], **kw) -> httpx.Response | NodeDown:
+        """One try on the node in use: its answer, or NodeDown (and the ring moved on)."""
+        node = self._ring.current
         request = self._http.build_request(method, node + path, **kw)
         try:
             resp = await self._http.send(request, stream=stream)
@@ -158,11 +157,12 @@ class AsyncClient:
                         f"the node at {node} went away while handling {method} {path}; it may or may not "
                         f"have been done, so it is not sent again ({type(e).__name__}: {e})") from None
                 raise errors.ClusterError(f"{method} {path} to shoal at {node}: {type(e).__name__}: {e}") from None
-            raise self._node_down(node, why, tried) from None
+            return self._node_down(node, why, tried)
         if failover.unavailable(resp.status_code, idempotent):
             await resp.aread()
             await resp.aclose()
-            raise self._node_down(node, f"HTTP 503: {resp.text[:300]}", tried)
+            return self._node_down(node, f"HTTP 503: {resp.text[:300]}", tried)
+        resp.extensions["shoal_node"] = node
         return resp
 
     def _node_down(self, node: str, why: str, tried: list[NodeDown]) -> NodeDown:

@@ -27,12 +27,12 @@ def split_addresses(address: str | Iterable[str]) -> list[str]:
     return list(dict.fromkeys(a.strip().rstrip("/") for a in items if a and a.strip()))
 
 
-class NodeDown(Exception):
-    """One node failed one request; the client moves to another. Never leaves the client."""
-
-    def __init__(self, address: str, why: str):
-        self.address, self.why = address, why
-        super().__init__(f"{address}: {why}")
+@dataclass(frozen=True)
+class NodeDown:
+    """One node failed one request: what a try answers instead of a response, so that the
+    client moves to another node. Never leaves the client."""
+    address: str
+    why: str
 
 
 def node_failure(exc: BaseException, idempotent: bool) -> str | None:
@@ -89,11 +89,12 @@ class NodeRing:
 
 
 def attempts(ring_size: int) -> tenacity.AsyncRetrying:
-    """The retry policy of one request: on NodeDown, move on (the caller has already
-    rotated the ring), pause a little longer each time, stop after ROUNDS rounds of every
-    known node and raise the last NodeDown."""
+    """The retry policy of one request, called with the function that tries the node in
+    use: while it answers a NodeDown (it has already moved the ring on), try again after
+    a pause a little longer each time; after ROUNDS rounds of every known node, answer
+    the last NodeDown. What the function raises is not retried."""
     return tenacity.AsyncRetrying(
-        retry=tenacity.retry_if_exception_type(NodeDown),
+        retry=tenacity.retry_if_result(lambda outcome: isinstance(outcome, NodeDown)),
         stop=tenacity.stop_after_attempt(ROUNDS * max(1, ring_size)),
         wait=tenacity.wait_exponential(multiplier=FIRST_WAIT_S, max=MAX_WAIT_S) + tenacity.wait_random(0, FIRST_WAIT_S),
-        reraise=True)
+        retry_error_callback=lambda state: state.outcome.result())
