@@ -64,7 +64,7 @@ class Node:
         self.scheduler.base_env.update(SHOAL_ETCD=",".join(store_settings.endpoints),
                                        SHOAL_PREFIX=store_settings.prefix, SHOAL_DATA_HOST=settings.api_host,
                                        SHOAL_PYTHON=sys.executable)
-        self.reaper = Reaper(self.store, settings.node_id)
+        self.reaper = Reaper(self.store, settings.node_id, node_loss_retries=settings.node_loss_retries)
         self.roles = Roles(self.store, settings.node_id, lambda: self.lease)
         self.roles.add("reaper", self.reaper.serve)
         self.feed = TaskFeed(self.store)

@@ -6,6 +6,8 @@ import asyncio
 import logging
 
 from ..errors import StoreCompacted
+from ..model import EndedBy
+from ..model.task import DEFAULT_NODE_LOSS_RETRIES
 from ..store import Store
 from ..store.kv import WatchReset
 
@@ -13,9 +15,11 @@ log = logging.getLogger("shoal.reaper")
 
 
 class Reaper:
-    def __init__(self, store: Store, node_id: str, reconcile_every_s: float = 300.0):
+    def __init__(self, store: Store, node_id: str, reconcile_every_s: float = 300.0,
+                 node_loss_retries: int = DEFAULT_NODE_LOSS_RETRIES):
         self.store = store
         self.node_id = node_id
+        self.node_loss_retries = node_loss_retries  # the cluster's limit, for tasks without their own
         self.reconcile_every_s = reconcile_every_s
         self.requeued = 0
 
@@ -45,7 +49,7 @@ class Reaper:
             return
         for kv in held:
             tid = self.store.keys.id_of(kv.key)
-            new = await self.store.tasks.requeue_lost(tid, node)
+            new = await self.store.tasks.requeue_lost(tid, node, self.node_loss_retries)
             if new is not None:
                 self.requeued += 1
                 log.info("task %s: node %s lost -> %s", tid, node, new.state.value)
@@ -62,8 +66,12 @@ class Reaper:
         """Find tasks marked running whose running key is gone (a reaper change-over or
         a missed event) and requeue them."""
         running = await self.store.tasks.running_tasks()
+        live = {n.id for n in await self.store.nodes.nodes()}
         async for rec in self.store.tasks.tasks_in_state("running"):
             node = rec.node
             if node and rec.id not in running.get(node, ()):
-                if await self.store.tasks.requeue_lost(rec.id, node) is not None:
+                # its node is registered, but not under the lease the attempt ran on: it
+                # lost that lease, fenced the attempt and came back
+                why = EndedBy.lease_lost if node in live else EndedBy.node_lost
+                if await self.store.tasks.requeue_lost(rec.id, node, self.node_loss_retries, why) is not None:
                     self.requeued += 1

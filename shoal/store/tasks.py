@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from ..errors import Conflict, InvalidSpec, NotFound, TooLarge
 from ..logic import dag, transitions
 from ..logic.clock import SYSTEM_CLOCK, Clock
-from ..model import TaskRecord, TaskState
+from ..model import EndedBy, TaskRecord, TaskState
+from ..model.task import DEFAULT_NODE_LOSS_RETRIES
 from ..model.keys import Keys
 from .dag import DagStore
 from .kv import KV, Etcd, cmp, delete_op, get_op, prefix_end, put_op, sub_txn
@@ -309,9 +310,15 @@ class TaskStore:
                 return False
         return sum(await asyncio.gather(*(one(t) for t in ids)))
 
-    async def requeue_lost(self, task_id: str, node_id: str) -> TaskRecord | None:
-        """The reaper's move for a task whose node died: if its current attempt is still
-        the one on `node_id` and that node's running key is gone, retry it or fail it."""
+    async def requeue_lost(self, task_id: str, node_id: str, limit: int = DEFAULT_NODE_LOSS_RETRIES,
+                           ended_by: EndedBy = EndedBy.node_lost) -> TaskRecord | None:
+        """The reaper's move for a task whose node died (or lost its lease): if its current
+        attempt is still the one on `node_id` and that node's running key is gone, requeue
+        it or, past its node-loss limit (`limit` unless the task sets its own), fail it."""
+        return await self._end_lost(task_id, node_id, lambda rec, now: transitions.node_lost(
+            rec, node_id, now, limit, ended_by))
+
+    async def _end_lost(self, task_id: str, node_id: str, decide) -> TaskRecord | None:
         k = self.keys
         for _ in range(20):
             try:
@@ -320,7 +327,7 @@ class TaskStore:
                 return None
             if rec.state != TaskState.running or rec.node != node_id:
                 return None
-            new = transitions.node_lost(rec, node_id, self.clock.time())
+            new = decide(rec, self.clock.time())
             lease = await self.kv.retention_lease() if new.is_final else 0
             ops = [*put_record_ops(k, new, lease=lease), delete_op(k.cancel(node_id, task_id))]
             more_cmp, more_ops, _ = await self.dag.cascade(new)
@@ -335,11 +342,12 @@ class TaskStore:
         return None
 
     async def release_orphan(self, node_id: str, task_id: str, attempt_rev: int) -> None:
-        """Drop a running key its node does not know it holds, and requeue the task."""
+        """Drop a running key its node does not know it holds, and requeue the task (its
+        process never started, so this counts against neither limit)."""
         key = self.keys.running(node_id, task_id)
         resp = await self.kv.txn([cmp(key, "CREATE", attempt_rev)], [delete_op(key)])
         if resp.succeeded:
-            await self.requeue_lost(task_id, node_id)
+            await self._end_lost(task_id, node_id, lambda rec, now: transitions.release_orphan(rec, node_id, now))
 
     async def tasks_in_state(self, state: str):
         """Every task record in `state`, oldest first, read in pages."""
