@@ -14,7 +14,7 @@ import psutil
 import pytest
 
 import shoal
-from shoal.model import TaskState
+from shoal.model import EndedBy, TaskState
 
 pytestmark = pytest.mark.cluster
 
@@ -88,7 +88,8 @@ def test_sigkill_node_mid_run_requeues_its_tasks_elsewhere(make_cluster, victim_
 
     with shoal.connect(survivor_api) as c:
         wait_for(lambda: len(c.nodes()) == 3, 30, "all three nodes to register")
-        ids = c.submit_many([{"command": "sleep 0.05", "retries": 3, "name": f"a{i}"} for i in range(300)])
+        # default settings: no `retries`, so any task charged for the node's death would fail
+        ids = c.submit_many([{"command": "sleep 0.05", "name": f"a{i}"} for i in range(300)])
 
         # kill the victim in the middle of the run, at a moment it holds running tasks
         def mid_run():
@@ -138,6 +139,8 @@ def test_sigkill_node_mid_run_requeues_its_tasks_elsewhere(make_cluster, victim_
     for tid, i in lost.items():
         r = by_id[tid]
         assert r.attempts[i].state == TaskState.failed
+        assert r.attempts[i].ended_by == EndedBy.node_lost and r.attempts[i].reason == f"node {victim} was lost"
+        assert r.node_losses == 1, r.attempts
         assert i + 1 < len(r.attempts), f"{tid}: no new attempt after the one lost with {victim}"
         nxt = r.attempts[i + 1]
         assert nxt.node != victim and nxt.node in nodes, f"{tid}: retried on {nxt.node}"

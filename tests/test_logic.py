@@ -285,3 +285,46 @@ def test_plan_claims_takes_some_ahead_and_reports_the_next_backoff():
     ids, wake_at = placement.plan_claims(iter(cands), Capacity(1, 1 << 30, 0, 1), [], now,
                                          total=Capacity(2, 1 << 30, 0, 2), extra=2)
     assert ids == ["a", "c", "d"] and wake_at == now + 5  # one fits now, two ahead; e never fits
+
+
+# -- why no node can run a task -------------------------------------------------------------
+
+def offer(node_id: str = "n1", cpus: float = 2, memory: str = "4G", gpus: int = 0, labels=(), disk: str = "0"):
+    from shoal.model import NodeInfo
+    return NodeInfo(id=node_id, host="h", pid=1, api="http://h:1", cpus=cpus, memory=parse_size(memory),
+                    gpus=gpus, disk=parse_size(disk), slots=2, labels=list(labels), started_at=0.0)
+
+
+@pytest.mark.parametrize("want, expect", [
+    (dict(cpus=100), "no node has 100 cpus; the largest offers 2"),
+    (dict(labels=["gpu-a100"]), "no node has label gpu-a100"),
+    (dict(labels=["zone=us"]), "no node has label zone=us"),
+    (dict(memory="64G"), "no node has 64G of memory; the largest offers 8G"),
+    (dict(gpus=2), "no node has 2 gpus; the most any offers is 1"),
+    (dict(cpus=8, labels=["ssd"]), "no node has 8 cpus; the largest offers 2; no node has label ssd"),
+    (dict(cpus=2, gpus=1), "no single node offers all it asks for together (2 cpus, 1 gpus)"),
+])
+def test_unplaceable_says_why_from_what_the_live_nodes_offer(want, expect):
+    nodes = [offer("n1", cpus=2, memory="8G", labels=["zone=eu"]), offer("n2", cpus=1, memory="2G", gpus=1)]
+    got = placement.unplaceable(TaskSpec.parse({"command": ["x"], **want}), nodes)
+    assert got == expect
+
+
+def test_unplaceable_is_none_when_a_node_fits_or_none_is_known():
+    nodes = [offer("n1", cpus=2), offer("n2", cpus=16, labels=["gpu"])]
+    assert placement.unplaceable(spec(cpus=16, labels=["gpu"]), nodes) is None
+    assert placement.unplaceable(spec(cpus=100), []) is None   # no node yet: nothing to judge from
+
+
+def test_the_unplaceable_reason_is_written_only_when_it_changes_and_cleared_when_a_node_fits():
+    t = rec(cpus=100)
+    marked = transitions.explain_unplaceable(t, "no node has 100 cpus; the largest offers 2")
+    assert marked.reason == "no node can run it: no node has 100 cpus; the largest offers 2"
+    assert transitions.explain_unplaceable(marked, "no node has 100 cpus; the largest offers 2") is None
+    moved = transitions.explain_unplaceable(marked, "no node has 100 cpus; the largest offers 4")
+    assert moved.reason.endswith("the largest offers 4")
+    assert transitions.explain_unplaceable(moved, None).reason is None
+    assert transitions.explain_unplaceable(t, None) is None   # nothing of ours to clear
+    retrying = t.model_copy(update={"reason": "retrying: exit code 1"})
+    assert transitions.explain_unplaceable(retrying, None) is None   # another reason stays
+    assert transitions.start_attempt(marked, "n9", time.time()).reason is None

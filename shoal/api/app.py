@@ -45,7 +45,8 @@ def create_app(node) -> FastAPI:
     async def submit(spec: dict = Body(...)):
         """Submit one task. Returns its record (state queued)."""
         records = await store.tasks.submit(records_for([spec], None))
-        return ojson(records[0].summary(), 201)
+        warnings = await node.unplaceable_warnings([records[0].spec])
+        return ojson({**records[0].summary(), "warnings": warnings}, 201)
 
     @app.post("/v1/tasks/batch", status_code=201, tags=["tasks"])
     async def submit_batch(tasks: list[dict] = Body(..., embed=True), job: str | None = Body(None, embed=True)):
@@ -53,7 +54,8 @@ def create_app(node) -> FastAPI:
         if not tasks:
             raise InvalidSpec(["tasks: empty (give at least one task)"])
         records = await store.tasks.submit(records_for(tasks, job, batch=True))
-        return ojson({"ids": [r.id for r in records], "job": job}, 201)
+        warnings = await node.unplaceable_warnings([r.spec for r in records])
+        return ojson({"ids": [r.id for r in records], "job": job, "warnings": warnings}, 201)
 
     @app.get("/v1/tasks/{task_id}", tags=["tasks"])
     async def get(task_id: str):

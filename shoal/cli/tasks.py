@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from typing import List, Optional
 
 import typer
@@ -9,7 +10,8 @@ import typer
 from ..errors import InvalidSpec
 from ..model import TaskState
 from .common import client_for
-from .output import Output, console, print_json, state_text, tasks_table, ago
+from ..client.aio import UnplaceableWarning
+from .output import Output, console, err_console, print_json, state_text, tasks_table, ago
 
 ADDRESS = typer.Option(None, "--address", envvar="SHOAL_ADDRESS", help="Any node's API URL.")
 OUTPUT = typer.Option(Output.table, "--output", "-o", help="table or json.")
@@ -92,7 +94,11 @@ def register(app: typer.Typer) -> None:
         """
         cmd = command[0] if len(command) == 1 else list(command)
         with client_for(address, embedded=wait) as c:
-            rec = c.submit(cmd, **spec)
+            with warnings.catch_warnings(record=True) as caught:   # accepted, but no node fits it
+                warnings.simplefilter("always", UnplaceableWarning)
+                rec = c.submit(cmd, **spec)
+            for w in (w for w in caught if w.category is UnplaceableWarning):
+                err_console.print(f"Warning: {w.message}", style="yellow", markup=False, highlight=False)
             if not wait:
                 if output == Output.json:
                     print_json(rec.summary())

@@ -6,6 +6,7 @@ import asyncio
 import collections
 import contextlib
 import re
+import warnings
 import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, AsyncIterator, Iterable
@@ -47,6 +48,16 @@ def check_specs(rows: list[dict]) -> None:
     if seen:
         raise InvalidSpec([f"tasks[{at[0]}].{p}" if len(at) == 1 else
                            f"tasks[{at[0]}] and {len(at) - 1} more: {p}" for p, at in seen.items()])
+
+
+class UnplaceableWarning(UserWarning):
+    """A submitted task that no live node could ever run: it was accepted and stays
+    queued (a node that fits may join later)."""
+
+
+def _warn(body: dict) -> None:
+    for text in body.get("warnings") or ():
+        warnings.warn(text, UnplaceableWarning, stacklevel=3)
 
 
 class AsyncClient:
@@ -126,7 +137,9 @@ class AsyncClient:
         TaskSpec field (env, cwd, stdin, cpus, memory, retries, timeout, name, ...)."""
         data = self._spec(command, fields)
         await self.release_unreferenced()
-        return TaskRecord.model_validate(await self.request_json("POST", "/v1/tasks", json=data))
+        body = await self.request_json("POST", "/v1/tasks", json=data)
+        _warn(body)
+        return TaskRecord.model_validate(body)
 
     async def submit_many(self, specs: Iterable[dict | TaskSpec], job: str | None = None,
                           chunk: int = 1000) -> list[str]:
@@ -146,6 +159,7 @@ class AsyncClient:
                                       "in this error's submitted_ids)"] if ids else []))
                 err.submitted_ids = ids
                 raise err from None
+            _warn(body)
             ids.extend(body["ids"])
         return ids
 
@@ -177,6 +191,7 @@ class AsyncClient:
                         return
                     body = await self.request_json("POST", "/v1/tasks/batch",
                                                    json={"tasks": specs[i:i + chunk], "job": job})
+                    _warn(body)
                     if on_submitted:
                         on_submitted(body["ids"])
                     tg.start_soon(follow, body["ids"])

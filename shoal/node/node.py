@@ -18,8 +18,8 @@ from ..exec.guard import Guard
 from ..exec.pyworkers import WorkerPool
 from ..flows.coordinator import watch_runs
 from ..logic.clock import SYSTEM_CLOCK, Clock
-from ..logic.placement import Capacity
-from ..model import NodeInfo
+from ..logic.placement import Capacity, unplaceable
+from ..model import NodeInfo, TaskSpec
 from ..settings import NodeSettings, StoreSettings
 from ..store import Store
 from .feed import TaskFeed
@@ -71,6 +71,7 @@ class Node:
         self.lease = 0
         self.api_url = api_url
         self.started_at = clock.time()
+        self._offers: tuple[float, list[NodeInfo]] | None = None   # (when read, the live nodes)
         self._stop = asyncio.Event()
 
     # -- identity -------------------------------------------------------------------
@@ -90,6 +91,29 @@ class Node:
         self.scheduler.registered(self.lease)
         await self.store.nodes.put_node(self.info(), self.lease)
         self.roles.lease_changed()
+
+    async def unplaceable_warnings(self, specs: list[TaskSpec]) -> list[str]:
+        """A warning for each kind of task among `specs` that no live node could ever run
+        (the task is accepted and stays queued: a node that fits may join later). The live
+        nodes are read at most once a second, so a stream of submits costs etcd little."""
+        now = self.clock.monotonic()
+        if self._offers is None or now - self._offers[0] > 1.0:
+            self._offers = (now, await self.store.nodes.nodes())
+        nodes = self._offers[1]
+        why: dict[tuple, str | None] = {}
+        found: dict[str, list[int]] = {}
+        for i, spec in enumerate(specs):
+            shape = (spec.cpus, spec.memory, spec.gpus, spec.disk, spec.slots, tuple(spec.labels))
+            if shape not in why:
+                why[shape] = unplaceable(spec, nodes)
+            if why[shape] is not None:
+                found.setdefault(why[shape], []).append(i)
+        out = []
+        for reason, where in found.items():
+            who = ("it" if len(specs) == 1 else f"tasks[{where[0]}]" if len(where) == 1
+                   else f"{len(where)} tasks (tasks[{where[0]}], ...)")
+            out.append(f"no live node can run {who}: {reason}; queued until a node that fits joins")
+        return out
 
     @property
     def is_reaper(self) -> bool:
