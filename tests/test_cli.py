@@ -162,6 +162,20 @@ def test_submit_a_shell_string(sh):
     assert p.stdout == "X2\n"
 
 
+def test_submit_warns_when_no_node_could_ever_run_it_and_status_says_why(sh):
+    p = sh("submit", "--cpus", "100", "--", "true")
+    assert p.returncode == 0, p.stderr
+    tid = p.stdout.strip()
+    assert ID.match(tid), p.stdout
+    assert p.stderr.startswith("Warning: no live node can run it: no node has 100 cpus; the largest offers"), p.stderr
+    assert "Traceback" not in p.stderr
+    deadline = time.monotonic() + 60
+    while "no node can run it" not in (st := sh("status", tid)).stdout and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert "queued" in st.stdout and "no node has 100 cpus; the largest offers" in st.stdout, st.stdout
+    assert sh("cancel", tid).returncode == 0
+
+
 def test_submit_wait_prints_output_and_exits_with_the_tasks_code(sh):
     p = sh("submit", "--wait", "--", "sh", "-c", "echo out; echo err >&2; exit 3")
     assert p.returncode == 3, p

@@ -14,6 +14,7 @@ import psutil
 import pytest
 
 import shoal
+from shoal.client.aio import UnplaceableWarning
 from shoal.model import EndedBy, TaskState
 
 pytestmark = pytest.mark.cluster
@@ -336,16 +337,30 @@ def test_task_over_its_memory_limit_does_not_succeed(make_cluster):
         assert "memory limit" in rec.reason, rec.reason
 
 
-def test_task_needing_more_memory_than_any_node_stays_queued(make_cluster):
+def test_task_needing_more_memory_than_any_node_stays_queued_and_says_why(make_cluster):
     cluster = make_cluster(nodes=2)
     with shoal.connect(cluster.address) as c:
         biggest = max(n["memory"] for n in c.nodes())
-        big = c.submit("echo never", memory=str(biggest * 2))
+        with pytest.warns(UnplaceableWarning, match=r"no node has \S+ of memory; the largest offers"):
+            big = c.submit("echo ran", memory=str(biggest * 2))
         small = c.submit("echo fine")  # others are not blocked behind it
         assert c.wait(small.id, timeout=60).state == TaskState.succeeded
-        time.sleep(2.5)
-        rec = c.get(big.id)
+        # the reaper writes why into the record, for `shoal status`
+        rec = wait_for(lambda: (lambda r: r if r.reason else None)(c.get(big.id)), 60, "a reason on the big task")
         assert rec.state == TaskState.queued and rec.attempts == [], (rec.state, rec.reason)
-        cancelled = c.cancel(big.id)
+        assert rec.reason.startswith("no node can run it: no node has ") and "of memory" in rec.reason, rec.reason
+        # a node that fits joins: it runs there, and the reason is gone
+        cluster.add_node("node-big", node_args=["--memory", str(biggest * 2)])
+        done = c.wait(big.id, timeout=60)
+        assert done.state == TaskState.succeeded and done.node == "node-big" and done.reason is None, done
+        assert done.stdout_tail == "ran\n"
+
+
+def test_task_needing_a_label_no_node_has_can_be_cancelled(make_cluster):
+    cluster = make_cluster(nodes=1)
+    with shoal.connect(cluster.address) as c:
+        with pytest.warns(UnplaceableWarning, match="no node has label gpu-a100"):
+            t = c.submit("echo never", labels=["gpu-a100"])
+        cancelled = c.cancel(t.id)
         assert cancelled.state == TaskState.cancelled
-        assert c.get(big.id).state == TaskState.cancelled
+        assert c.get(t.id).state == TaskState.cancelled

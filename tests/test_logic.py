@@ -317,14 +317,13 @@ def test_unplaceable_is_none_when_a_node_fits_or_none_is_known():
 
 
 def test_the_unplaceable_reason_is_written_only_when_it_changes_and_cleared_when_a_node_fits():
-    t = rec(cpus=100)
-    marked = transitions.explain_unplaceable(t, "no node has 100 cpus; the largest offers 2")
-    assert marked.reason == "no node can run it: no node has 100 cpus; the largest offers 2"
-    assert transitions.explain_unplaceable(marked, "no node has 100 cpus; the largest offers 2") is None
-    moved = transitions.explain_unplaceable(marked, "no node has 100 cpus; the largest offers 4")
-    assert moved.reason.endswith("the largest offers 4")
-    assert transitions.explain_unplaceable(moved, None).reason is None
-    assert transitions.explain_unplaceable(t, None) is None   # nothing of ours to clear
-    retrying = t.model_copy(update={"reason": "retrying: exit code 1"})
-    assert transitions.explain_unplaceable(retrying, None) is None   # another reason stays
+    why = "no node has 100 cpus; the largest offers 2"
+    changed, reason = transitions.explain_unplaceable(None, why)
+    assert changed and reason == "no node can run it: no node has 100 cpus; the largest offers 2"
+    assert transitions.explain_unplaceable(reason, why) == (False, reason)
+    assert transitions.explain_unplaceable(reason, why.replace("2", "4")) == (True, reason.replace("2", "4"))
+    assert transitions.explain_unplaceable(reason, None) == (True, None)
+    assert transitions.explain_unplaceable(None, None) == (False, None)   # nothing of ours to clear
+    assert transitions.explain_unplaceable("retrying: exit code 1", None) == (False, "retrying: exit code 1")
+    marked = rec(cpus=100).model_copy(update={"reason": reason})
     assert transitions.start_attempt(marked, "n9", time.time()).reason is None

@@ -98,16 +98,16 @@ def release_orphan(task: TaskRecord, node: str, now: float) -> TaskRecord:
     return task.model_copy(update={"state": TaskState.queued, "not_before": None, "reason": why})
 
 
-def explain_unplaceable(task: TaskRecord, why: str | None) -> TaskRecord | None:
-    """A queued task's record with `why` no live node can run it (placement.unplaceable)
-    as its reason, or that reason cleared once a node fits; None when nothing changes, so
-    an unchanged record is never rewritten."""
-    ours = bool(task.reason) and task.reason.startswith(UNPLACEABLE)
+def explain_unplaceable(reason: str | None, why: str | None) -> tuple[bool, str | None]:
+    """A queued task's reason once told `why` no live node can run it (placement.unplaceable;
+    None: one can): (changed, new reason). Ours is set or updated; cleared once a node
+    fits; any other reason (a retry's) is left alone, and an unchanged one is not
+    rewritten."""
+    ours = bool(reason) and reason.startswith(UNPLACEABLE)
     if why is None:
-        return task.model_copy(update={"reason": None}) if ours else None
-    if task.reason == UNPLACEABLE + why:
-        return None
-    return task.model_copy(update={"reason": UNPLACEABLE + why})
+        return (True, None) if ours else (False, reason)
+    new = UNPLACEABLE + why
+    return (new != reason, new)
 
 
 def cancel_queued(task: TaskRecord, now: float) -> TaskRecord:

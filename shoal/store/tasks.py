@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from typing import Callable
+
+import orjson
 
 from ..errors import Conflict, InvalidSpec, NotFound, TooLarge
 from ..logic import dag, transitions
@@ -348,6 +351,28 @@ class TaskStore:
         resp = await self.kv.txn([cmp(key, "CREATE", attempt_rev)], [delete_op(key)])
         if resp.succeeded:
             await self._end_lost(task_id, node_id, lambda rec, now: transitions.release_orphan(rec, node_id, now))
+
+    async def explain_queued(self, why: Callable[[dict], str | None]) -> int:
+        """One pass over the queue: each queued task's reason says why no live node can run
+        it (`why(spec as JSON data)`, None when one can), or loses such a reason once one
+        can. Only a record whose reason changes is rewritten, and only if it has not moved
+        since it was read (a claim wins). Returns how many were rewritten."""
+        k, rewritten = self.keys, 0
+        start, stop = k.queues, prefix_end(k.queues)
+        while True:
+            kvs, more, _ = await self.kv.range(start, stop, limit=2000)
+            for kv in kvs:
+                data = orjson.loads(kv.value)   # a peek: most records are left as they are
+                changed, reason = transitions.explain_unplaceable(data.get("reason"), why(data["spec"]))
+                if not changed:
+                    continue
+                new = decode(kv.value).model_copy(update={"reason": reason})
+                resp = await self.kv.txn([cmp(kv.key, "MOD", kv.mod_revision), cmp(k.task(new.id), "MOD", kv.mod_revision)],
+                                         put_record_ops(k, new))
+                rewritten += resp.succeeded
+            if not more or not kvs:
+                return rewritten
+            start = kvs[-1].key + b"\0"
 
     async def tasks_in_state(self, state: str):
         """Every task record in `state`, oldest first, read in pages."""
