@@ -212,6 +212,20 @@ def test_etcd_outage_mid_run_loses_no_task(make_cluster, ttl, outage_s):
         assert {r.node for r in after} <= set(leases_before)
 
 
+def test_a_node_given_an_etcd_gone_limit_logs_the_outage_and_exits_with_a_clear_message(make_cluster):
+    cluster = make_cluster(nodes=1, lease_ttl_s=2, node_args=["--etcd-gone-exit", "4"])
+    node = cluster.state()["nodes"][0]
+    with shoal.connect(node["api"]) as c:
+        t = c.submit("sleep 300")
+        wait_for(lambda: c.get(t.id).state == TaskState.running, 30, "the task to run")
+    cluster.stop_etcd()
+    wait_for(lambda: not live(node["pid"]), 120, "the node to exit once etcd had been gone 4s")
+    log = Path(node["log"]).read_text()
+    assert f"etcd at {cluster.state()['etcd']['url']} is unreachable: " in log, log
+    assert "Error: node node-1: etcd at " in log and "; exiting (--etcd-gone-exit 4)" in log, log
+    assert "Traceback" not in log, log
+
+
 # -- (c) a failing command is retried, then fails ---------------------------------------
 
 def test_nonzero_exit_is_retried_then_fails_with_every_attempt_recorded(make_cluster):

@@ -469,3 +469,28 @@ def test_the_test_clock_moves_only_when_told():
     assert (clock.time(), clock.monotonic()) == (102.5, 7.5)
     clock.set(50.0)                         # the wall clock may jump back; monotonic time does not
     assert (clock.time(), clock.monotonic()) == (50.0, 7.5)
+
+
+# -- etcd out of reach ---------------------------------------------------------------------------
+
+def test_an_etcd_outage_is_said_at_once_then_every_30s_and_its_end_too():
+    from shoal.node.outage import EtcdOutage
+    o = EtcdOutage("etcd at e:1")
+    assert o.observe(100.0, None) == (None, False)
+    assert o.observe(101.0, 99.0, "connection refused") == ("etcd at e:1 is unreachable: connection refused; retrying",
+                                                            False)
+    assert o.observe(120.0, 99.0, "connection refused") == (None, False)
+    assert o.observe(131.0, 99.0) == ("etcd at e:1 has been unreachable for 32s; still retrying", False)
+    assert o.observe(150.0, 99.0) == (None, False)
+    assert o.observe(10_000.0, 99.0)[1] is False   # no limit: it never gives up
+    assert o.observe(10_001.0, None) == ("etcd at e:1 answers again after 9902s", False)
+    assert o.observe(10_002.0, None) == (None, False)
+
+
+def test_an_etcd_outage_past_the_limit_says_exit():
+    from shoal.node.outage import EtcdOutage
+    o = EtcdOutage("etcd at e:1", exit_after_s=60)
+    assert o.observe(101.0, 100.0, "refused") == ("etcd at e:1 is unreachable: refused; retrying", False)
+    assert o.observe(159.0, 100.0) == ("etcd at e:1 has been unreachable for 59s; still retrying", False)
+    assert o.observe(160.0, 100.0, "refused") == (
+        "etcd at e:1 has been unreachable for 60s; exiting (--etcd-gone-exit 60)", True)
