@@ -75,11 +75,14 @@ def test_up_twice_is_harmless_and_down_stops_it(tmp_path):
     home = tmp_path / "home"
     pids: list[int] = []
     try:
-        first = run(home, "up", "-o", "json")
+        first = run(home, "up", "--node-loss-retries", "1", "-o", "json")
         assert first.returncode == 0, first.stderr
         st = json.loads(first.stdout)
         pids = [st["etcd"]["pid"]] + [n["pid"] for n in st["nodes"]]
         assert all(psutil.pid_exists(p) for p in pids)
+        # its nodes take the cluster's node-loss limit, and exit if etcd stays gone a minute
+        argv = " ".join(psutil.Process(st["nodes"][0]["pid"]).cmdline())
+        assert "--node-loss-retries 1" in argv and "--etcd-gone-exit 60" in argv, argv
 
         second = run(home, "up")
         assert second.returncode == 0, second.stderr

@@ -160,9 +160,6 @@ class EndedBy(str, enum.Enum):
     released = "released"          # its node handed it back (shutting down, or a claim it lost track of)
 
 
-CLUSTER_ENDINGS = frozenset({EndedBy.node_lost, EndedBy.lease_lost, EndedBy.released})
-
-
 class Attempt(BaseModel):
     """One run of a task on one node."""
     model_config = ConfigDict(extra="ignore")
