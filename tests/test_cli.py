@@ -166,6 +166,15 @@ def test_submit_a_shell_string(sh):
     assert p.stdout == "X2\n"
 
 
+def test_submit_takes_node_loss_retries_apart_from_retries(sh):
+    p = sh("submit", "--retries", "1", "--node-loss-retries", "5", "--", "true")
+    assert p.returncode == 0, p.stderr
+    st = json.loads(sh("status", p.stdout.strip(), "-o", "json").stdout)
+    assert st["spec"]["retries"] == 1 and st["spec"]["node_loss_retries"] == 5
+    p = sh("submit", "--node-loss-retries", "-1", "--", "true")
+    assert_clean_error(p, "node_loss_retries")
+
+
 def test_submit_warns_when_no_node_could_ever_run_it_and_status_says_why(sh):
     p = sh("submit", "--cpus", "100", "--", "true")
     assert p.returncode == 0, p.stderr
