@@ -25,6 +25,9 @@ def __getattr__(name: str):
     if name in ("Future", "as_completed", "gather"):
         from .client import futures
         return getattr(futures, name)
+    if name == "UnplaceableWarning":
+        from .client.aio import UnplaceableWarning
+        return UnplaceableWarning
     if name == "flow":
         from .flows.builder import flow
         return flow
@@ -33,4 +36,5 @@ def __getattr__(name: str):
 
 __all__ = ["flow", "task", "Future", "as_completed", "gather", "progress", "connect", "aconnect",
            "ShoalError", "InvalidSpec", "NotFound", "Conflict", "TooLarge", "StoreUnavailable", "StoreFull",
-           "ClusterError", "NodeUnreachable", "TaskFailed", "FlowFailed", "FlowCancelled", "__version__"]
+           "ClusterError", "NodeUnreachable", "TaskFailed", "FlowFailed", "FlowCancelled", "UnplaceableWarning",
+           "__version__"]

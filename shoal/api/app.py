@@ -62,7 +62,8 @@ def create_app(node) -> FastAPI:
         """Submit one task. Returns its record (state queued). With `id` (a task id the
         client made) the submit is idempotent: sent again, it returns the task it made."""
         records = await store.tasks.submit(records_for([spec], None, ids=None if id is None else [id]))
-        return ojson(records[0].summary(), 201)
+        warnings = await node.unplaceable_warnings([records[0].spec])
+        return ojson({**records[0].summary(), "warnings": warnings}, 201)
 
     @app.post("/v1/tasks/batch", status_code=201, tags=["tasks"])
     async def submit_batch(tasks: list[dict] = Body(..., embed=True), job: str | None = Body(None, embed=True),
@@ -74,7 +75,8 @@ def create_app(node) -> FastAPI:
         if not tasks:
             raise InvalidSpec(["tasks: empty (give at least one task)"])
         records = await store.tasks.submit(records_for(tasks, job, batch=True, ids=ids))
-        return ojson({"ids": [r.id for r in records], "job": job}, 201)
+        warnings = await node.unplaceable_warnings([r.spec for r in records])
+        return ojson({"ids": [r.id for r in records], "job": job, "warnings": warnings}, 201)
 
     @app.get("/v1/tasks/{task_id}", tags=["tasks"])
     async def get(task_id: str):

@@ -6,7 +6,9 @@ import asyncio
 import codecs
 import collections
 import contextlib
+import os
 import re
+import warnings
 import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterable
@@ -36,6 +38,13 @@ def _raise_for(resp: httpx.Response) -> None:
                                                                f"HTTP {resp.status_code}: {resp.text[:500]}")
 
 
+def with_cwd(row: dict) -> dict:
+    """A task runs in its submitter's directory unless it names one: a relative cwd is
+    taken from there too. (The node checks that the directory exists where it runs.)"""
+    row["cwd"] = os.path.join(os.getcwd(), row["cwd"]) if row.get("cwd") else os.getcwd()
+    return row
+
+
 def check_specs(rows: list[dict]) -> None:
     """Validate every row; one InvalidSpec naming each problem with its index. The same
     problem in many rows (a map with a bad option) is said once, with how many it hit."""
@@ -49,6 +58,16 @@ def check_specs(rows: list[dict]) -> None:
     if seen:
         raise InvalidSpec([f"tasks[{at[0]}].{p}" if len(at) == 1 else
                            f"tasks[{at[0]}] and {len(at) - 1} more: {p}" for p, at in seen.items()])
+
+
+class UnplaceableWarning(UserWarning):
+    """A submitted task that no live node could ever run: it was accepted and stays
+    queued (a node that fits may join later)."""
+
+
+def _warn(body: dict) -> None:
+    for text in body.get("warnings") or ():
+        warnings.warn(text, UnplaceableWarning, stacklevel=3)
 
 
 class AsyncClient:
@@ -219,7 +238,7 @@ class AsyncClient:
 
     @staticmethod
     def _spec(command: Any, fields: dict) -> dict:
-        data = dict(fields, command=command) if command is not None else dict(fields)
+        data = with_cwd(dict(fields, command=command) if command is not None else dict(fields))
         TaskSpec.parse(data)  # refuse bad input before it leaves this process
         return data
 
@@ -231,13 +250,15 @@ class AsyncClient:
         data = self._spec(command, fields)
         await self.release_unreferenced()
         # the id is chosen here so that sending the request again names the same task
-        return TaskRecord.model_validate(await self.request_json("POST", "/v1/tasks", idempotent=True, json=data,
-                                                                 params={"id": new_ids(1)[0]}))
+        body = await self.request_json("POST", "/v1/tasks", idempotent=True, json=data, params={"id": new_ids(1)[0]})
+        _warn(body)
+        return TaskRecord.model_validate(body)
 
     async def submit_many(self, specs: Iterable[dict | TaskSpec], job: str | None = None,
                           chunk: int = 1000) -> list[str]:
         """Submit many tasks; returns their ids in order. Each chunk is all-or-nothing."""
-        rows = [s.model_dump(mode="json", exclude_defaults=True) if isinstance(s, TaskSpec) else s for s in specs]
+        rows = [with_cwd(s.model_dump(mode="json", exclude_defaults=True) if isinstance(s, TaskSpec) else dict(s))
+                for s in specs]
         check_specs(rows)
         await self.release_unreferenced()
         ids: list[str] = []
@@ -251,6 +272,7 @@ class AsyncClient:
                                       "in this error's submitted_ids)"] if ids else []))
                 err.submitted_ids = ids
                 raise err from None
+            _warn(body)
             ids.extend(body["ids"])
         return ids
 
@@ -266,6 +288,7 @@ class AsyncClient:
         another while earlier ones already run, so a long list starts at once.
         `on_submitted(ids)` is called with each chunk's ids as they are accepted; when
         `keep_submitting()` turns false the rest is not submitted (nor waited for)."""
+        specs = [with_cwd(dict(s)) for s in specs]
         check_specs(specs)
         results: asyncio.Queue = asyncio.Queue()
         pending = len(specs)
@@ -287,6 +310,7 @@ class AsyncClient:
                         results.put_nowait(None)
                         return
                     body = await self._submit_chunk(specs[i:i + chunk], job)
+                    _warn(body)
                     if on_submitted:
                         on_submitted(body["ids"])
                     tg.start_soon(follow, body["ids"])
@@ -360,7 +384,9 @@ class AsyncClient:
     async def logs(self, task_id: str, stream: str = "stdout", follow: bool = False,
                    attempt: int | None = None) -> AsyncIterator[str]:
         """The task's output as text chunks; with follow=True until the task ends. If the
-        node streaming it goes away, another goes on after the bytes already given."""
+        node streaming it goes away, another goes on after the bytes already given. When
+        the node that ran the attempt is gone, what survives (the end, from the first whole
+        line) is yielded, then LogIncomplete says how much of how much."""
         params = {"stream": stream, "follow": str(follow).lower()}
         if attempt:
             params["attempt"] = attempt
@@ -388,6 +414,9 @@ class AsyncClient:
                         yield out
             if tail := decoder.decode(b"", final=True):
                 yield tail
+            if lost := resp.headers.get("x-shoal-log-incomplete"):  # after what survives
+                total = resp.headers.get("x-shoal-log-total")
+                raise errors.LogIncomplete(lost, int(resp.headers["x-shoal-log-kept"]), total and int(total))
 
         async with contextlib.aclosing(self._resumed("GET", f"/v1/tasks/{task_id}/logs", request, text)) as chunks:
             async for chunk in chunks:

@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from typing import Callable
+
+import orjson
 
 from ..errors import Conflict, InvalidSpec, NotFound, TooLarge
 from ..logic import dag, transitions
 from ..logic.clock import SYSTEM_CLOCK, Clock
-from ..model import TaskRecord, TaskState
+from ..model import EndedBy, TaskRecord, TaskState
+from ..model.task import DEFAULT_NODE_LOSS_RETRIES
 from ..model.keys import Keys
 from .dag import DagStore
 from .kv import KV, Etcd, cmp, delete_op, get_op, prefix_end, put_op, sub_txn
@@ -329,9 +333,15 @@ class TaskStore:
                 return False
         return sum(await asyncio.gather(*(one(t) for t in ids)))
 
-    async def requeue_lost(self, task_id: str, node_id: str) -> TaskRecord | None:
-        """The reaper's move for a task whose node died: if its current attempt is still
-        the one on `node_id` and that node's running key is gone, retry it or fail it."""
+    async def requeue_lost(self, task_id: str, node_id: str, limit: int = DEFAULT_NODE_LOSS_RETRIES,
+                           ended_by: EndedBy = EndedBy.node_lost) -> TaskRecord | None:
+        """The reaper's move for a task whose node died (or lost its lease): if its current
+        attempt is still the one on `node_id` and that node's running key is gone, requeue
+        it or, past its node-loss limit (`limit` unless the task sets its own), fail it."""
+        return await self._end_lost(task_id, node_id, lambda rec, now: transitions.node_lost(
+            rec, node_id, now, limit, ended_by))
+
+    async def _end_lost(self, task_id: str, node_id: str, decide) -> TaskRecord | None:
         k = self.keys
         for _ in range(20):
             try:
@@ -340,7 +350,7 @@ class TaskStore:
                 return None
             if rec.state != TaskState.running or rec.node != node_id:
                 return None
-            new = transitions.node_lost(rec, node_id, self.clock.time())
+            new = decide(rec, self.clock.time())
             lease = await self.kv.retention_lease() if new.is_final else 0
             ops = [*put_record_ops(k, new, lease=lease), delete_op(k.cancel(node_id, task_id))]
             more_cmp, more_ops, _ = await self.dag.cascade(new)
@@ -355,11 +365,34 @@ class TaskStore:
         return None
 
     async def release_orphan(self, node_id: str, task_id: str, attempt_rev: int) -> None:
-        """Drop a running key its node does not know it holds, and requeue the task."""
+        """Drop a running key its node does not know it holds, and requeue the task (its
+        process never started, so this counts against neither limit)."""
         key = self.keys.running(node_id, task_id)
         resp = await self.kv.txn([cmp(key, "CREATE", attempt_rev)], [delete_op(key)])
         if resp.succeeded:
-            await self.requeue_lost(task_id, node_id)
+            await self._end_lost(task_id, node_id, lambda rec, now: transitions.release_orphan(rec, node_id, now))
+
+    async def explain_queued(self, why: Callable[[dict], str | None]) -> int:
+        """One pass over the queue: each queued task's reason says why no live node can run
+        it (`why(spec as JSON data)`, None when one can), or loses such a reason once one
+        can. Only a record whose reason changes is rewritten, and only if it has not moved
+        since it was read (a claim wins). Returns how many were rewritten."""
+        k, rewritten = self.keys, 0
+        start, stop = k.queues, prefix_end(k.queues)
+        while True:
+            kvs, more, _ = await self.kv.range(start, stop, limit=2000)
+            for kv in kvs:
+                data = orjson.loads(kv.value)   # a peek: most records are left as they are
+                changed, reason = transitions.explain_unplaceable(data.get("reason"), why(data["spec"]))
+                if not changed:
+                    continue
+                new = decode(kv.value).model_copy(update={"reason": reason})
+                resp = await self.kv.txn([cmp(kv.key, "MOD", kv.mod_revision), cmp(k.task(new.id), "MOD", kv.mod_revision)],
+                                         put_record_ops(k, new))
+                rewritten += resp.succeeded
+            if not more or not kvs:
+                return rewritten
+            start = kvs[-1].key + b"\0"
 
     async def tasks_in_state(self, state: str):
         """Every task record in `state`, oldest first, read in pages."""
