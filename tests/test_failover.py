@@ -337,7 +337,6 @@ def test_map_finishes_when_its_node_is_killed(make_cluster, tmp_path):
     job = f"kill-{uuid.uuid4().hex[:8]}"
     inputs = [str(i) for i in range(300)]
     argv = [sys.executable, "-m", "shoal", "map", "--job", job,
-            "--retries", "3",   # default once node loss is not charged
             f"echo {{}} >> {effects}; sleep 0.1; echo {{}}", ":::", *inputs]
     with subprocess.Popen(argv, env=shoal_env(cluster.home), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           text=True, stdin=subprocess.DEVNULL) as proc:
