@@ -91,7 +91,8 @@ class Proxy:
             except (ConnectionError, OSError):
                 pass
             finally:
-                dst.transport.abort() if answers else None
+                if answers:
+                    dst.transport.abort()   # the node hung up: so does the proxy
 
         try:
             await asyncio.gather(pipe(reader, up_writer, False), pipe(up_reader, writer, True))
