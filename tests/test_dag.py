@@ -33,7 +33,7 @@ async def run_to_end(store: Store, task_id: str, code: int) -> int:
     done = transitions.finish_attempt(current, a, {}, time.time())
     out = await store.tasks.step("n1", lease, [Completion(done, rev, res.revision)], [])
     assert out.completed == [True]
-    return out.revision
+    return out.completed_rev[task_id]
 
 
 async def queued_ids(store: Store) -> set[str]:
@@ -54,8 +54,7 @@ async def test_dependent_waits_then_is_queued_in_the_same_txn_as_the_success(sto
     [b] = await store.tasks.submit([rec(depends_on=[a.id])])
     assert b.state == TaskState.waiting and b.deps_left == 1
     assert b.id not in await queued_ids(store)
-    got_a, _ = await store.tasks.get_task(a.id)
-    assert got_a.dependents == [b.id]
+    assert await store.dag.dependents(a.id) == [b.id]
     rev = await run_to_end(store, a.id, 0)
     got_b, b_rev = await store.tasks.get_task(b.id)
     assert got_b.state == TaskState.queued and b_rev == rev  # promoted by the very commit
@@ -117,34 +116,6 @@ def test_initial_state_and_cycles():
     assert dag.find_cycle({"a": ["b"], "b": ["c"], "c": ["a"]}) == ["a", "b", "c", "a"]
     assert dag.find_cycle({"a": ["b"], "b": [], "c": ["a", "b"]}) is None
     assert dag.find_cycle({str(i): [str(i + 1)] for i in range(5000)}) is None
-
-
-def test_cascade_wave_moves_only_the_dependents_that_change():
-    s, now = TaskState, 1000.0
-    a = rec().model_copy(update={"state": s.succeeded})
-    bad = rec().model_copy(update={"state": s.failed})
-    one_left = rec(depends_on=[a.id]).model_copy(update={"state": s.waiting, "deps_left": 1})
-    two_left = rec(depends_on=[a.id, bad.id]).model_copy(update={"state": s.waiting, "deps_left": 2})
-    tolerant = rec(depends_on=[bad.id], allow_failed_deps=True).model_copy(
-        update={"state": s.waiting, "deps_left": 1})
-    cancelled = rec(depends_on=[a.id]).model_copy(update={"state": s.cancelled})
-    a = a.model_copy(update={"dependents": [one_left.id, two_left.id, cancelled.id, "t-gone"]})
-    bad = bad.model_copy(update={"dependents": [two_left.id, tolerant.id]})
-    current = {r.id: r for r in (one_left, two_left, tolerant, cancelled)}
-
-    assert dag.cascades(a) and not dag.cascades(one_left)
-    assert dag.dependents_to_read([a, bad], seen={one_left.id}) == [two_left.id, cancelled.id, "t-gone",
-                                                                     tolerant.id]
-    changed = dag.cascade_wave([a, bad], current, now)
-    # a gone dependent is left alone, an ended one does not change, so neither is in the wave
-    assert list(changed) == [one_left.id, two_left.id, tolerant.id]
-    assert changed[one_left.id].state == s.queued and changed[one_left.id].deps_left == 0
-    # counted off for a, then failed upstream by bad: both frontier tasks apply in turn
-    assert changed[two_left.id].state == s.upstream_failed and changed[two_left.id].finished_at == now
-    assert changed[two_left.id].reason == f"dependency {bad.id} ended failed"
-    assert changed[tolerant.id].state == s.queued
-    assert dag.cascades(changed[two_left.id]) is False     # nothing waits on it: the cascade stops
-    assert dag.cascade_wave([a], {}, now) == {}
 
 
 @pytest.mark.cluster
