@@ -401,6 +401,14 @@ def test_a_module_the_node_cannot_import_fails_clearly_until_shipped(c, tmp_path
 # -- 2. futures as arguments: a DAG ----------------------------------------------------------
 
 @pytest.mark.cluster
+def test_a_function_fans_in_over_two_thousand_futures_that_have_not_ended(c):
+    parts = square.map(range(2000))
+    f = total.submit(parts)     # most are still queued: recorded as edges, in chunks
+    assert len(c.get(f.id).spec.depends_on) == 2000
+    assert f.result(timeout=WAIT_S) == sum(i * i for i in range(2000))
+
+
+@pytest.mark.cluster
 def test_fan_out_fan_in_sums_the_squares_and_depends_on_each(c):
     squares = square.map(range(10))
     s = total.submit(squares)

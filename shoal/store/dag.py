@@ -161,15 +161,17 @@ class DagStore:
 
     # -- carrying an end to the dependents ----------------------------------------------
 
-    async def cascade(self, finished: TaskRecord) -> tuple[list, list, set[str]]:
-        """Compares and ops that carry the end of `finished` to its dependents, to commit
-        in the transaction that ends it (which must also compare its record). A few edges
-        are consumed right there, in waves (a dependent that fails upstream passes it
-        on); a task with many gets a marker instead, and `finish` does the rest in chunks.
-        Returns (compares, ops, the dependents it moves)."""
-        if not finished.is_final:
+    async def cascade(self, *finished: TaskRecord) -> tuple[list, list, set[str]]:
+        """Compares and ops that carry the end of the `finished` tasks to their
+        dependents, to commit in the transaction that ends them (which must also compare
+        their records). A few edges are consumed right there, in waves (a dependent that
+        fails upstream passes it on); a task with more than the budget left gets a marker
+        instead, and `finish` does the rest in chunks. Returns (compares, ops, the
+        dependents it moves)."""
+        ended = [f for f in finished if f.is_final]
+        if not ended:
             return [], [], set()
-        plan, frontier, budget = _Plan(), [finished], dag.INLINE_EDGES
+        plan, frontier, budget = _Plan(), ended, dag.INLINE_EDGES
         while frontier:
             wave = []
             for f in frontier:
@@ -186,7 +188,7 @@ class DagStore:
                     plan.ops.append(put_op(kv.key, CONSUMED, await self.kv.retention_lease()))
             frontier = await self._fold(plan, wave) if wave else []
         if plan.bytes > dag.CASCADE_BYTES:  # settled records too big for one request: chunks
-            return [], [self._marker_op(finished)], set()
+            return [], [self._marker_op(f) for f in ended], set()
         await self._emit(plan, conditional_markers=False)
         return plan.compares, plan.ops, set(plan.waits)
 

@@ -8,7 +8,7 @@ import asyncio
 from dataclasses import dataclass, field
 
 from ..errors import Conflict, InvalidSpec, NotFound, TooLarge
-from ..logic import transitions
+from ..logic import dag, transitions
 from ..logic.clock import SYSTEM_CLOCK, Clock
 from ..model import TaskRecord, TaskState
 from ..model.keys import Keys
@@ -16,6 +16,10 @@ from .dag import DagStore, created_since
 from .kv import KV, Etcd, cmp, delete_op, get_op, prefix_end, put_op, sub_txn
 from .nodes import NodeStore
 from .records import MAX_REQUEST_BYTES, MAX_VALUE_BYTES, decode, encode, put_record_ops, read_records
+
+
+# ends of tasks with dependents committed together (each edge they consume costs ops)
+ENDS_PER_CASCADE = 8
 
 
 @dataclass(frozen=True)
@@ -104,7 +108,8 @@ class TaskStore:
         waiting, or upstream_failed at once. A retried submit of an id that is there
         finishes recording what a first one left half done."""
         new = await self.dag.create(record, self.check_size)
-        await self.dag.record_rest(record.id)
+        if new is None or len(set(record.spec.depends_on)) > dag.REGISTER_CHUNK:
+            await self.dag.record_rest(record.id)
         if new is not None and new.state != TaskState.waiting:
             return new
         try:
@@ -211,8 +216,10 @@ class TaskStore:
             else:
                 result.current[c.record.id] = (None, 0)  # fenced: the attempt is stale
         result.claimed = [r.response_txn.succeeded for r in resp.responses[len(completions):]]
-        for i in with_dependents:  # one at a time: two may share a dependent
-            await self._complete_with_dependents(node_id, completions[i], retention, result, i)
+        # several at once: a wide fan-in ends many tasks with the same dependent
+        for at in range(0, len(with_dependents), ENDS_PER_CASCADE):
+            await self._complete_with_dependents(node_id, completions, with_dependents[at:at + ENDS_PER_CASCADE],
+                                                 retention, result)
         return result
 
     def _completion(self, node_id: str, c: Completion, retention: int) -> tuple[list, list]:
@@ -224,30 +231,44 @@ class TaskStore:
                    *put_record_ops(self.keys, rec, lease=retention if rec.is_final else 0)]
         return compares, success
 
-    async def _complete_with_dependents(self, node_id: str, c: Completion, retention: int,
-                                        result: StepResult, i: int) -> None:
-        """Commit the end of a task that others depend on, moving them in the same
-        transaction (or leaving a marker for many); record the outcome in `result`."""
-        k, rec = self.keys, c.record
+    async def _complete_with_dependents(self, node_id: str, completions: list[Completion], todo: list[int],
+                                        retention: int, result: StepResult) -> None:
+        """Commit the ends of tasks that others depend on, in one transaction that moves
+        their dependents too (or leaves a marker for many); record the outcomes in
+        `result`. One whose record moved or whose attempt was fenced is reported as such;
+        when a dependent moved meanwhile, the rest are tried again."""
+        k = self.keys
         for _ in range(20):
-            compares, success = self._completion(node_id, c, retention)
-            more_cmp, more_ops, _ = await self.dag.cascade(rec)
-            resp = await self.kv.txn(compares + more_cmp, success + more_ops,
-                                     [get_op(k.task(rec.id)), get_op(k.running(node_id, rec.id))])
+            if not todo:
+                return
+            compares, success, failure = [], [], []
+            for i in todo:
+                c = completions[i]
+                more = self._completion(node_id, c, retention)
+                compares += more[0]
+                success += more[1]
+                failure += [get_op(k.task(c.record.id)), get_op(k.running(node_id, c.record.id))]
+            more_cmp, more_ops, _ = await self.dag.cascade(*(completions[i].record for i in todo))
+            resp = await self.kv.txn(compares + more_cmp, success + more_ops, failure)
             if resp.succeeded:
-                result.completed[i] = True
-                result.completed_rev[rec.id] = resp.header.revision
+                for i in todo:
+                    result.completed[i] = True
+                    result.completed_rev[completions[i].record.id] = resp.header.revision
                 return
-            task_kvs = resp.responses[0].response_range.kvs
-            run_kvs = resp.responses[1].response_range.kvs
-            if not (run_kvs and run_kvs[0].create_revision == c.attempt_rev and task_kvs):
-                result.current[rec.id] = (None, 0)
-                return
-            if task_kvs[0].mod_revision != c.read_rev:
-                result.current[rec.id] = (decode(task_kvs[0].value), task_kvs[0].mod_revision)
-                return
-            # a dependent moved meanwhile, or a new one came: read again
-        result.current[rec.id] = (rec, c.read_rev)   # the node tries again next step
+            still = []
+            for n, i in enumerate(todo):
+                c = completions[i]
+                task_kvs = resp.responses[2 * n].response_range.kvs
+                run_kvs = resp.responses[2 * n + 1].response_range.kvs
+                if not (run_kvs and run_kvs[0].create_revision == c.attempt_rev and task_kvs):
+                    result.current[c.record.id] = (None, 0)   # fenced
+                elif task_kvs[0].mod_revision != c.read_rev:
+                    result.current[c.record.id] = (decode(task_kvs[0].value), task_kvs[0].mod_revision)
+                else:
+                    still.append(i)   # a dependent moved meanwhile, or a new one came: again
+            todo = still
+        for i in todo:   # the node tries again next step
+            result.current[completions[i].record.id] = (completions[i].record, completions[i].read_rev)
 
     async def delete_tasks(self, ids: list[str]) -> None:
         """Remove task records (a deleted job). Running ones keep their running key until
