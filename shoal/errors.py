@@ -12,6 +12,7 @@ and how problems found in input are collected (`Problems`) and worded (`describe
     ├── StoreCompacted           a read at a revision etcd has compacted away (read the present instead)
     ├── ClusterError             no node answers, or a local cluster could not be started or stopped
     ├── NodeUnreachable          the node that holds what was asked for did not answer another node
+    ├── LogIncomplete            only the end of a log survives: the node that held it is gone
     ├── TaskFailed               wait() on a task that ended failed, when asked to raise; also an
     │                            instance of the remote exception's class when the client has it
     ├── FlowFailed               a flow run failed (its run, the stage, the end of its stderr)
@@ -103,6 +104,17 @@ class ClusterError(ShoalError):
 
 class NodeUnreachable(ShoalError):
     pass
+
+
+class LogIncomplete(ShoalError):
+    """Raised after the part of a log that survives was given out: how much of how much
+    (total_bytes is None when not even the size is known)."""
+
+    fields = ("kept_bytes", "total_bytes")
+
+    def __init__(self, message: str, kept_bytes: int = 0, total_bytes: int | None = None):
+        self.kept_bytes, self.total_bytes = kept_bytes, total_bytes
+        super().__init__(message)
 
 
 class TaskFailed(ShoalError):

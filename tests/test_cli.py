@@ -31,8 +31,9 @@ def shoal_env(home: Path) -> dict:
     return env
 
 
-def run(home: Path, *args: str, timeout: float = 180, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "shoal", *args], env=shoal_env(home), cwd=cwd,
+def run(home: Path, *args: str, timeout: float = 180, cwd: Path | None = None,
+        env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "shoal", *args], env={**shoal_env(home), **(env or {})}, cwd=cwd,
                           capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
 
@@ -327,6 +328,122 @@ def test_map_halt_soon_stops_the_rest(sh, tmp_path):
     for r in recs:
         if r["state"] == "cancelled":
             assert r["exit_code"] is None
+
+
+# -- where a task runs ------------------------------------------------------------------------
+
+def test_a_task_runs_in_the_directory_it_was_submitted_from(sh, tmp_path):
+    (tmp_path / "sub").mkdir()
+    p = sh("submit", "--wait", "--", "pwd", cwd=tmp_path)
+    assert p.returncode == 0 and p.stdout == f"{tmp_path}\n", p
+    p = sh("submit", "--wait", "--cwd", "sub", "--", "pwd", cwd=tmp_path)   # relative: from here
+    assert p.returncode == 0 and p.stdout == f"{tmp_path / 'sub'}\n", p
+
+
+def test_the_sdk_submits_from_the_callers_directory_too(home, tmp_path, monkeypatch):
+    import shoal
+    monkeypatch.chdir(tmp_path)
+    api = LocalCluster(home).running()["nodes"][0]["api"]
+    with shoal.connect(api) as c:
+        rec = c.wait(c.submit(["pwd"]))
+        assert rec.stdout_tail == f"{tmp_path}\n"
+        [rec] = [r for r in c.run_many([{"command": "pwd"}])]
+        assert rec.stdout_tail == f"{tmp_path}\n"
+        [tid] = c.submit_many([{"command": "pwd"}])
+        assert c.wait(tid).stdout_tail == f"{tmp_path}\n"
+
+
+def test_a_task_whose_directory_the_node_lacks_fails_with_that_reason(sh):
+    p = sh("submit", "--wait", "--cwd", "/nonexistent/shoal-dir", "--", "true")
+    assert p.returncode == 1, p
+    assert "cwd /nonexistent/shoal-dir does not exist on node node-1" in p.stderr
+    assert "Traceback" not in p.stderr
+
+
+# -- wait, status and tables in words ------------------------------------------------------------
+
+def test_wait_timeout_is_a_message_and_status_124(sh):
+    tid = sh("submit", "--", "sleep", "60").stdout.strip()
+    try:
+        p = sh("wait", "--timeout", "1", tid)
+        assert p.returncode == 124, p
+        assert "Traceback" not in p.stderr and "TimeoutError" not in p.stderr
+        assert p.stderr.startswith("Error: timed out after 1s") and tid in p.stderr, p.stderr
+    finally:
+        sh("cancel", tid)
+
+
+def test_status_says_killed_by_signal_and_unknown_rss(sh):
+    p = sh("submit", "--wait", "--", "sh", "-c", "kill -9 $$")
+    tid = sh("ls", "--limit", "1", "-o", "json")
+    tid = json.loads(tid.stdout)[0]["id"]
+    p = sh("status", tid)
+    assert "killed by signal 9 (SIGKILL)" in p.stdout and "exit None" not in p.stdout, p.stdout
+    p = sh("ls", "--limit", "1")
+    assert "SIGKILL" in p.stdout
+    p = sh("submit", "--wait", "--cwd", "/nonexistent/shoal-dir", "--", "true")
+    tid = json.loads(sh("ls", "--limit", "1", "-o", "json").stdout)[0]["id"]
+    p = sh("status", tid)
+    assert "max rss unknown" in p.stdout and "0.0 MiB" not in p.stdout, p.stdout
+
+
+def test_ls_and_nodes_at_80_columns_keep_ids_and_addresses_whole(sh):
+    tid = sh("submit", "--wait", "--name", "narrow", "--", "echo", "a long enough command line " * 3)
+    tid = json.loads(sh("ls", "--name", "narrow", "-o", "json").stdout)[0]["id"]
+    p = sh("ls", "--name", "narrow", env={"COLUMNS": "80"})
+    assert p.returncode == 0, p.stderr
+    assert tid in p.stdout and "…" not in p.stdout, p.stdout
+    assert max(len(line) for line in p.stdout.splitlines()) <= 80
+    assert all(h in p.stdout for h in ("ID", "STATE", "NODE"))
+    api = json.loads(sh("nodes", "-o", "json").stdout)[0]["api"]
+    p = sh("nodes", env={"COLUMNS": "80"})
+    assert p.returncode == 0, p.stderr
+    assert api in p.stdout and "node-1" in p.stdout and "…" not in p.stdout, p.stdout
+    assert max(len(line) for line in p.stdout.splitlines()) <= 80
+
+
+def test_logs_output_json(sh):
+    tid = sh("submit", "--", "echo", "hi").stdout.strip()
+    assert sh("wait", tid).returncode == 0
+    doc = json.loads(sh("logs", tid, "-o", "json").stdout)
+    assert doc["text"] == "hi\n" and doc["complete"] is True and doc["stream"] == "stdout"
+
+
+# -- logs after the node that ran the task is gone --------------------------------------------
+
+@pytest.mark.timeout(300)
+def test_logs_after_the_node_died(make_cluster):
+    cluster = make_cluster(nodes=2)
+    nodes = {n["id"]: n for n in cluster.state()["nodes"]}
+    first = next(iter(nodes.values()))["api"]
+    lines = "".join(f"line {i:05d} of the output\n" for i in range(6000))
+    tid = run(cluster.home, "submit", "--address", first, "--", "seq", "-f", "line %05g of the output",
+              "0", "5999").stdout.strip()
+    assert run(cluster.home, "wait", tid, "--address", first).returncode == 0
+    rec = json.loads(run(cluster.home, "status", tid, "--address", first, "-o", "json").stdout)
+    ran_on = rec["node"]
+    other = next(n["api"] for nid, n in nodes.items() if nid != ran_on)
+    cluster.kill_node(ran_on, sig=9)
+
+    # the nodes of a local cluster share one log directory: the whole log is still there
+    p = run(cluster.home, "logs", rec["id"], "--address", other)
+    assert p.returncode == 0 and p.stdout == lines, (p.returncode, p.stderr)
+
+    # a node on another machine takes its log with it: only the end kept in the record is left
+    for f in (cluster.home / "logs" / ran_on).glob(f"{rec['id']}.*"):
+        f.unlink()
+    p = run(cluster.home, "logs", rec["id"], "--address", other)
+    assert p.returncode == 3, (p.returncode, p.stderr)
+    assert "Traceback" not in p.stderr
+    total = len(lines)
+    assert p.stdout and lines.endswith(p.stdout) and p.stdout.startswith("line "), p.stdout[:80]
+    kept = len(p.stdout)
+    assert f"({kept} of {total} bytes)" in p.stderr and f"node {ran_on}" in p.stderr, p.stderr
+    assert p.stderr.startswith(f"Warning: only the last {kept / 1024:.1f} KiB"), p.stderr
+
+    doc = json.loads(run(cluster.home, "logs", rec["id"], "--address", other, "-o", "json").stdout)
+    assert (doc["complete"], doc["kept_bytes"], doc["total_bytes"]) == (False, kept, total)
+    assert doc["text"] == p.stdout
 
 
 # -- node ---------------------------------------------------------------------------------------

@@ -150,3 +150,16 @@ def test_outcomes_fall_back_to_the_task_record():
     assert outcome_of(NS(state=st("failed"), exit_code=76, reason="x"), None).kind == OutcomeKind.upstream_aborted
     own = outcome_of(NS(state=st("failed"), exit_code=3, reason="exited with status 3", stderr_tail="oops\n"), None)
     assert own.kind == OutcomeKind.failed and own.stderr == "oops" and own.own_failure
+
+
+def test_a_failed_stage_is_told_in_one_wording_when_its_outcome_was_not_written():
+    # the instance exited 3 ("its command failed") because its command exited 4: the
+    # message says the command's status once, not the instance's next to it
+    st = lambda v: NS(value=v)   # noqa: E731
+    rec = NS(state=st("failed"), exit_code=3, reason="exit code 3",
+             stderr_tail="stage a[0]: command exited with status 4\nboom\n")
+    out = outcome_of(rec, None)
+    assert (out.kind, out.message, out.stderr) == (OutcomeKind.failed, "command exited with status 4", "boom")
+    assert "exit code" not in out.message
+    bare = outcome_of(NS(state=st("failed"), exit_code=3, reason="exit code 3", stderr_tail=""), None)
+    assert bare.message == "its instance exited with status 3"

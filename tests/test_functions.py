@@ -63,6 +63,11 @@ def whoami():
 
 
 @remote()
+def where():
+    return os.getcwd()
+
+
+@remote()
 def nap_then(value, seconds):
     time.sleep(seconds)
     return value
@@ -235,6 +240,15 @@ def count_tasks(client) -> int:
 
 
 # -- 1. submit, map, gather, as_completed, errors -------------------------------------------
+
+@pytest.mark.cluster
+def test_a_function_runs_in_the_callers_directory_or_says_the_node_lacks_it(c, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert where.submit().result(timeout=WAIT_S) == str(tmp_path)
+    f = where.options_(cwd="/nonexistent/shoal-dir").submit()
+    with pytest.raises(shoal.TaskFailed, match="cwd /nonexistent/shoal-dir does not exist on node node-"):
+        f.result(timeout=WAIT_S)
+
 
 @pytest.mark.cluster
 def test_submit_returns_the_value_and_a_direct_call_runs_here(c):

@@ -20,6 +20,7 @@ STATUS: dict[type[ShoalError], int] = {
     errors.StoreCompacted: 410,       # as Kubernetes answers a watch from a compacted version
     errors.ClusterError: 503,
     errors.NodeUnreachable: 502,
+    errors.LogIncomplete: 410,        # the rest of the log is gone with its node
     errors.TaskFailed: 409,           # the task's state does not allow what was asked
     errors.FlowFailed: 409,
     errors.FlowCancelled: 409,

@@ -1,6 +1,7 @@
 """Task logs: served from the node that ran the attempt. Any node answers: it reads the
-file if the attempt ran here, else streams it from the node that holds it, else
-(that node is gone) falls back to the tail kept in the task record."""
+file if the attempt ran here, else streams it from the node that holds it, else (that
+node is gone) reads the file if it is still on this machine, else serves the end kept in
+the task record and says, in headers, that the rest is lost."""
 from __future__ import annotations
 
 import asyncio
@@ -10,7 +11,7 @@ import httpx
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from ..errors import InvalidSpec, NotFound
+from ..errors import InvalidSpec, NodeUnreachable, NotFound
 from ..exec.attempt import log_paths
 from . import relay
 
@@ -42,14 +43,56 @@ async def logs(request: Request, task_id: str, stream: Literal["stdout", "stderr
         raise NotFound(f"attempt {n} of task {task_id} did not run on node {node.s.node_id}")
     other = await node.store.nodes.node(holder)
     if other is None:
-        text = rec.stdout_tail if stream == "stdout" else rec.stderr_tail
-        return StreamingResponse(iter([text.encode()]), media_type="text/plain",
-                                 headers={"X-Shoal-Log-Source": f"tail kept in the task record (node {holder} is gone)"})
+        return _without_holder(node, rec, n, stream, holder, "is gone")
     params = {"stream": stream, "follow": str(follow).lower(), "attempt": n, "local": "true"}
-    client, resp = await relay.ask("GET", f"{other.api}/v1/tasks/{task_id}/logs", holder,
-                                   f"the log of attempt {n} of {task_id}", params, httpx.Timeout(10.0, read=None))
+    try:
+        client, resp = await relay.ask("GET", f"{other.api}/v1/tasks/{task_id}/logs", holder,
+                                       f"the log of attempt {n} of {task_id}", params, httpx.Timeout(10.0, read=None))
+    except NodeUnreachable:  # dead, its lease not yet expired: serve what is left as if it were gone
+        return _without_holder(node, rec, n, stream, holder, "does not answer")
     return StreamingResponse(relay.relay(client, resp), media_type="text/plain",
                              headers={"X-Shoal-Log-Source": f"node {holder}"})
+
+
+def _without_holder(node, rec, n: int, stream: str, holder: str, why: str) -> StreamingResponse:
+    """The node that ran attempt n is gone. Its log file may still be here (the nodes of
+    a local cluster share one log directory): then all of it is served. Else only the
+    end kept in the task record survives, cut to whole lines, and the headers say how
+    much of how much, so the client can tell its user."""
+    out, err = log_paths(node.s.log_dir.parent / holder, rec.id, n)
+    path = out if stream == "stdout" else err
+    if path.is_file():
+        return StreamingResponse(_read_file(node, rec.id, path, False, n), media_type="text/plain",
+                                 headers={"X-Shoal-Log-Source": f"{path} (node {holder} {why})"})
+    a = rec.attempts[n - 1]
+    recorded = n == len(rec.attempts) and (a.exit_code is not None or a.signal is not None)
+    tail = (rec.stdout_tail if stream == "stdout" else rec.stderr_tail) if recorded else ""
+    total = (rec.stdout_bytes if stream == "stdout" else rec.stderr_bytes) if recorded else None
+    body, kept, complete = kept_lines(tail, total)
+    headers = {"X-Shoal-Log-Source": f"the end kept in the task record (node {holder} {why})"}
+    if not complete:
+        what = f"the {stream} of attempt {n} of task {rec.id}"
+        headers["X-Shoal-Log-Kept"] = str(kept)
+        headers["X-Shoal-Log-Incomplete"] = (
+            f"only the last {kept / 1024:.1f} KiB ({kept} of {total} bytes) of {what} survive: node "
+            f"{holder}, which ran it and holds the full log, {why}" if total is not None else
+            f"nothing of {what} survives: node {holder}, which ran it, {why}, and the task record "
+            "keeps the end of an attempt's output only when the attempt ended on its node")
+        if total is not None:
+            headers["X-Shoal-Log-Total"] = str(total)
+    return StreamingResponse(iter([body]), media_type="text/plain", headers=headers)
+
+
+def kept_lines(tail: str, total: int | None) -> tuple[bytes, int, bool]:
+    """What of a log's end can be shown: (bytes, how many, whether that is all of it).
+    A tail shorter than the whole starts at its first whole line."""
+    data = tail.encode()
+    if total is not None and len(data) >= total:
+        return data, len(data), True
+    if total is not None:
+        cut = data.find(b"\n")
+        data = data[cut + 1:] if cut >= 0 else b""
+    return data, len(data), False
 
 
 async def _wait_started(node, task_id: str):

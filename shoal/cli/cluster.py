@@ -10,13 +10,12 @@ from typing import Optional
 
 import psutil
 import typer
-from rich.table import Table
 
 from ..errors import InvalidSpec
 from ..cluster.local import LocalCluster
 from ..model.sizes import format_size, parse_size
 from ..settings import NodeSettings, StoreSettings, shoal_home
-from .output import Output, console, print_json
+from .output import NODE_COLUMNS, Output, console, fitted_table, print_json
 from .common import client_for
 
 
@@ -122,13 +121,7 @@ def register(app: typer.Typer) -> None:
         if output == Output.json:
             print_json(rows)
             return
-        t = Table(show_edge=False, header_style="bold")
-        for col in ("NODE", "HOST", "PID", "API", "TYPE", "CPUS free/total", "MEMORY free/total",
-                    "SLOTS free/total", "RUNNING", "HEARTBEAT"):
-            t.add_column(col)
-        for n in rows:
-            t.add_row(n["id"], n["host"], str(n["pid"]), n["api"], n["machine_type"],
-                      f"{n['free_cpus']:g}/{n['cpus']:g}",
-                      f"{format_size(n['free_memory'])}/{format_size(n['memory'])}",
-                      f"{n['free_slots']}/{n['slots']}", str(n["running"]), f"{n['heartbeat_age_s']:.1f}s ago")
-        console.print(t)
+        console.print(fitted_table(NODE_COLUMNS, [
+            [n["id"], n["host"], str(n["pid"]), n["api"], n["machine_type"], f"{n['free_cpus']:g}/{n['cpus']:g}",
+             f"{format_size(n['free_memory'])}/{format_size(n['memory'])}", f"{n['free_slots']}/{n['slots']}",
+             str(n["running"]), f"{n['heartbeat_age_s']:.1f}s ago"] for n in rows]))

@@ -1,6 +1,7 @@
 """`shoal flow`: run a dataflow from a YAML file, watch it, cancel it."""
 from __future__ import annotations
 
+import signal
 import sys
 import time
 from contextlib import nullcontext
@@ -12,7 +13,7 @@ from rich.live import Live
 from rich.table import Table
 
 from ..errors import FlowCancelled, FlowFailed, InvalidSpec
-from ..client.flows import load_flow, require_runtime
+from ..client.flows import check, load_flow, require_runtime
 from .common import client_for
 from .output import Output, console, err_console, print_json, state_text
 
@@ -31,13 +32,17 @@ def register(root: typer.Typer) -> None:
     root.add_typer(app, name="flow")
 
 
+def _print_problems(file: Path, problems: list[str]) -> None:
+    err_console.print(f"{file}: {len(problems)} problem(s); nothing was started", highlight=False)
+    for p in problems:
+        print(f"  {p}", file=sys.stderr)
+
+
 def _load(file: Path):
     try:
         return load_flow(str(file))
     except InvalidSpec as e:
-        err_console.print(f"{file}: {len(e.problems)} problem(s); nothing was started", highlight=False)
-        for p in e.problems:
-            print(f"  {p}", file=sys.stderr)
+        _print_problems(file, e.problems)
         raise typer.Exit(2) from None
 
 
@@ -60,17 +65,48 @@ def status_table(status: dict) -> Table:
     return t
 
 
-@app.command("validate", help="Check a flow file and print its stages, without running anything.\n\n"
-                              "Exit status 2 when the file has problems (each printed with its line).")
-def validate(file: Path = typer.Argument(..., exists=True, dir_okay=False, help="The flow file (YAML).")):
-    spec, plan = _load(file)
-    for st in plan.stages.values():
-        feed = "read " + ", ".join(st.source.paths or ["-"]) if st.source else \
-            ", ".join(f"{e.edge}{'(' + ','.join(map(str, e.key)) + ')' if e.key else ''} from {e.source}"
-                      for e in st.spec.edges)
-        work = st.spec.command or (f"function {st.spec.function}" if st.spec.function else f"op {st.spec.op}")
-        print(f"{st.name} ×{st.parallelism}: {feed}; {work}" + (f"; write {st.spec.write}" if st.spec.write else ""))
-    print(f"{spec.name}: ok, {len(plan.stages)} stages, {plan.instances} instances")
+@app.command("validate", help="Check a flow file and print its stages, without running anything: its "
+                              "fields, its graph, and that each source matches files and no output "
+                              "exists unless `overwrite: true`. Every problem is reported at once.\n\n"
+                              "Exit status 2 when the file has problems (each printed, with its line "
+                              "where known). With [bold]-o json[/]: file, ok, problems, stages.")
+def validate(file: Path = typer.Argument(..., exists=True, dir_okay=False, help="The flow file (YAML)."),
+             output: Output = OUTPUT):
+    problems: list[str] = []
+    spec = plan = None
+    try:
+        spec, plan = load_flow(str(file))
+    except InvalidSpec as e:
+        problems = list(e.problems)
+    if spec is not None:
+        try:
+            check(spec, None)  # the sources and sinks themselves: files that match, outputs that exist
+        except InvalidSpec as e:
+            problems += e.problems
+    stages = [] if plan is None else [
+        {"name": st.name, "parallelism": st.parallelism,
+         "feed": ("read " + ", ".join(st.source.paths or ["-"])) if st.source else
+         ", ".join(f"{e.edge}{'(' + ','.join(map(str, e.key)) + ')' if e.key else ''} from {e.source}"
+                   for e in st.spec.edges),
+         "work": st.spec.command or (f"function {st.spec.function}" if st.spec.function else f"op {st.spec.op}"),
+         "write": st.spec.write} for st in plan.stages.values()]
+    if output == Output.json:
+        print_json({"file": str(file), "ok": not problems, "problems": problems, "stages": stages,
+                    "instances": plan.instances if plan else None})
+    else:
+        for st in stages:
+            print(f"{st['name']} ×{st['parallelism']}: {st['feed']}; {st['work']}"
+                  + (f"; write {st['write']}" if st["write"] else ""))
+        if problems:
+            _print_problems(file, problems)
+        else:
+            print(f"{spec.name}: ok, {len(plan.stages)} stages, {plan.instances} instances")
+    if problems:
+        raise typer.Exit(2)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def _report(e: Exception) -> None:
@@ -132,6 +168,9 @@ def run(file: Path = typer.Argument(..., exists=True, dir_okay=False, help="The 
         else:
             print(run_id)
         return
+    # killed politely (SIGTERM, as `timeout` and service managers do), stop as on Ctrl-C:
+    # the run's client side is cancelled and its spool directory removed, not left behind
+    signal.signal(signal.SIGTERM, _interrupt)
     view, on_status = _live({"id": "-", "state": "starting", "attempt": 1, "stages": []}, err_console,
                             output == Output.table and err_console.is_terminal and not quiet)
     t0 = time.time()

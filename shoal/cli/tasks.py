@@ -6,10 +6,10 @@ from typing import List, Optional
 
 import typer
 
-from ..errors import InvalidSpec
+from ..errors import InvalidSpec, LogIncomplete
 from ..model import TaskState
 from .common import client_for
-from .output import Output, console, print_json, state_text, tasks_table, ago
+from .output import Output, console, err_console, exit_text, print_json, rss_text, state_text, tasks_table, ago
 
 ADDRESS = typer.Option(None, "--address", envvar="SHOAL_ADDRESS", help="Any node's API URL.")
 OUTPUT = typer.Option(Output.table, "--output", "-o", help="table or json.")
@@ -47,7 +47,9 @@ def task_options(f):
 
     opts = {
         "env": (List[str], typer.Option([], "--env", "-e", help="NAME=VALUE, repeatable.")),
-        "cwd": (Optional[str], typer.Option(None, help="Working directory on the node.")),
+        "cwd": (Optional[str], typer.Option(None, help="Working directory on the node; a relative one is taken "
+                                            "from here. The task fails if the node lacks it "
+                                            "[default: the directory you run this in].")),
         "stdin": (Optional[str], typer.Option(None, help="File on the node fed to stdin.")),
         "cpus": (Optional[float], typer.Option(None, help="CPUs the task needs [default: 1].")),
         "memory": (Optional[str], typer.Option(None, help="Memory it needs and is limited to: 512M, 2G.")),
@@ -89,6 +91,9 @@ def register(app: typer.Typer) -> None:
         [bold]shoal submit -- python scrape.py a[/]  (argv)
         [bold]shoal submit 'sort big.txt | uniq -c > counts'[/]  (one argument: a shell string)
         [bold]shoal submit --wait --memory 2G --retries 2 -- ./train.sh[/]
+
+        It runs in the directory you submit it from (or --cwd); if the node that runs it
+        lacks that directory, the task fails and says so.
         """
         cmd = command[0] if len(command) == 1 else list(command)
         with client_for(address, embedded=wait) as c:
@@ -127,8 +132,9 @@ def register(app: typer.Typer) -> None:
                       f"   priority {rec.spec.priority}   retries {rec.spec.retries}")
         for a in rec.attempts:
             took = f"{a.finished_at - a.started_at:.2f}s" if a.finished_at and a.started_at else "running"
-            console.print(f"  attempt {a.n} on {a.node}: {a.state.value}, exit {a.exit_code}, {took}, "
-                          f"cpu {a.cpu_s or 0:.2f}s, max rss {(a.max_rss_bytes or 0) / 2**20:.1f} MiB"
+            ended = "" if a.state == TaskState.running else f"{exit_text(a)}, "
+            console.print(f"  attempt {a.n} on {a.node}: {a.state.value}, {ended}{took}, "
+                          f"cpu {a.cpu_s or 0:.2f}s, max rss {rss_text(a.max_rss_bytes)}"
                           + (f" - {a.reason}" if a.reason else ""), markup=False, highlight=False)
         for label, text in (("stdout", rec.stdout_tail), ("stderr", rec.stderr_tail)):
             if text:
@@ -139,7 +145,8 @@ def register(app: typer.Typer) -> None:
     def ls(state: Optional[TaskState] = typer.Option(None, help="Only tasks in this state."),
            name: Optional[str] = None, job: Optional[str] = None, team: Optional[str] = None,
            node: Optional[str] = None,
-           limit: int = typer.Option(50, min=1, max=10000, help="How many (newest first)."),
+           limit: int = typer.Option(50, callback=_in_range("--limit", 1, 10000),
+                                     help="How many (newest first), 1 to 10000."),
            before: Optional[str] = typer.Option(None, help="Page: only tasks older than this id."),
            address: Optional[str] = ADDRESS, output: Output = OUTPUT):
         """List tasks, newest first."""
@@ -156,12 +163,38 @@ def register(app: typer.Typer) -> None:
              follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing until the task ends."),
              stderr: bool = typer.Option(False, "--stderr", help="Show stderr instead of stdout."),
              attempt: Optional[int] = typer.Option(None, help="Which attempt [default: the latest]."),
-             address: Optional[str] = ADDRESS):
-        """Print a task's output, from whichever node holds it."""
+             address: Optional[str] = ADDRESS, output: Output = OUTPUT):
+        """Print a task's output, from whichever node holds it.
+
+        Exit status 3 when only the end of the log survives (the node that ran the
+        attempt is gone with the full log): what is left is printed from its first whole
+        line, and stderr says how much of how much. With [bold]-o json[/] one document:
+        id, stream, attempt, text, complete, kept_bytes, total_bytes, lost.
+        """
+        stream = "stderr" if stderr else "stdout"
+        parts: list[str] = []
+        lost = None
         with client_for(address) as c:
-            for chunk in c.logs(task_id, "stderr" if stderr else "stdout", follow, attempt):
-                sys.stdout.write(chunk)
-                sys.stdout.flush()
+            try:
+                for chunk in c.logs(task_id, stream, follow, attempt):
+                    if output == Output.json:
+                        parts.append(chunk)
+                    else:
+                        sys.stdout.write(chunk)
+                        sys.stdout.flush()
+            except LogIncomplete as e:
+                lost = e
+        if output == Output.json:
+            text = "".join(parts)
+            print_json({"id": task_id, "stream": stream, "attempt": attempt, "text": text,
+                        "complete": lost is None,
+                        "kept_bytes": lost.kept_bytes if lost else len(text.encode()),
+                        "total_bytes": lost.total_bytes if lost else len(text.encode()),
+                        "lost": str(lost) if lost else None})
+        elif lost is not None:
+            err_console.print(f"Warning: {lost}", markup=False, highlight=False)
+        if lost is not None:
+            raise typer.Exit(LOG_INCOMPLETE)
 
     @app.command()
     def cancel(task_ids: List[str] = typer.Argument(..., help="Task ids."), address: Optional[str] = ADDRESS,
@@ -179,17 +212,38 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def wait(task_ids: List[str] = typer.Argument(..., help="Task ids."),
-             timeout: Optional[float] = typer.Option(None, help="Give up after this many seconds."),
+             timeout: Optional[float] = typer.Option(None, help="Give up after this many seconds "
+                                                     f"(exit status {WAIT_TIMED_OUT}) [default: no limit]."),
              address: Optional[str] = ADDRESS, output: Output = OUTPUT):
-        """Wait until the tasks end. Exits 0 if all succeeded, else the first failure's exit code (or 1)."""
+        """Wait until the tasks end. Exits 0 if all succeeded, else the first failure's exit
+        code (or 1); 124 (as timeout(1) does) when --timeout passed first."""
         with client_for(address) as c:
-            recs = c.wait(list(task_ids), timeout=timeout)
+            try:
+                recs = c.wait(list(task_ids), timeout=timeout)
+            except TimeoutError:
+                left = [r for r in (c.get(t) for t in task_ids[:20]) if not r.is_final]
+                say = ", ".join(f"{r.id} is {r.state.value}" for r in left[:5])
+                print(f"Error: timed out after {timeout:g}s before all {len(task_ids)} task(s) ended"
+                      + (f": {say}" if say else "") + ("; ..." if len(task_ids) > 5 else ""), file=sys.stderr)
+                raise typer.Exit(WAIT_TIMED_OUT) from None
         if output == Output.json:
             print_json([r.summary() for r in recs])
         else:
             console.print(tasks_table(recs))
         bad = [r for r in recs if r.state != TaskState.succeeded]
         raise typer.Exit(_exit_code(bad[0]) if bad else 0)
+
+
+WAIT_TIMED_OUT = 124   # as timeout(1)
+LOG_INCOMPLETE = 3     # `logs`: only the end of the log survives
+
+
+def _in_range(name: str, low: int, high: int):
+    def check(value: int) -> int:
+        if not low <= value <= high:
+            raise typer.BadParameter(f"{value} is out of range: use {low} to {high}", param_hint=f"'{name}'")
+        return value
+    return check
 
 
 def _exit_code(rec) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import os
 import re
 import weakref
 from pathlib import Path
@@ -32,6 +33,13 @@ def _raise_for(resp: httpx.Response) -> None:
     if resp.status_code >= 400:
         raise errors.from_body(resp.status_code, resp.content, f"{resp.request.method} {resp.request.url.path}: "
                                                                f"HTTP {resp.status_code}: {resp.text[:500]}")
+
+
+def with_cwd(row: dict) -> dict:
+    """A task runs in its submitter's directory unless it names one: a relative cwd is
+    taken from there too. (The node checks that the directory exists where it runs.)"""
+    row["cwd"] = os.path.join(os.getcwd(), row["cwd"]) if row.get("cwd") else os.getcwd()
+    return row
 
 
 def check_specs(rows: list[dict]) -> None:
@@ -115,7 +123,7 @@ class AsyncClient:
 
     @staticmethod
     def _spec(command: Any, fields: dict) -> dict:
-        data = dict(fields, command=command) if command is not None else dict(fields)
+        data = with_cwd(dict(fields, command=command) if command is not None else dict(fields))
         TaskSpec.parse(data)  # refuse bad input before it leaves this process
         return data
 
@@ -131,7 +139,8 @@ class AsyncClient:
     async def submit_many(self, specs: Iterable[dict | TaskSpec], job: str | None = None,
                           chunk: int = 1000) -> list[str]:
         """Submit many tasks; returns their ids in order. Each chunk is all-or-nothing."""
-        rows = [s.model_dump(mode="json", exclude_defaults=True) if isinstance(s, TaskSpec) else s for s in specs]
+        rows = [with_cwd(s.model_dump(mode="json", exclude_defaults=True) if isinstance(s, TaskSpec) else dict(s))
+                for s in specs]
         check_specs(rows)
         await self.release_unreferenced()
         ids: list[str] = []
@@ -155,6 +164,7 @@ class AsyncClient:
         another while earlier ones already run, so a long list starts at once.
         `on_submitted(ids)` is called with each chunk's ids as they are accepted; when
         `keep_submitting()` turns false the rest is not submitted (nor waited for)."""
+        specs = [with_cwd(dict(s)) for s in specs]
         check_specs(specs)
         results: asyncio.Queue = asyncio.Queue()
         pending = len(specs)
@@ -238,13 +248,18 @@ class AsyncClient:
 
     async def logs(self, task_id: str, stream: str = "stdout", follow: bool = False,
                    attempt: int | None = None) -> AsyncIterator[str]:
-        """The task's output as text chunks; with follow=True until the task ends."""
+        """The task's output as text chunks; with follow=True until the task ends. When the
+        node that ran the attempt is gone, what survives (the end, from the first whole
+        line) is yielded, then LogIncomplete says how much of how much."""
         params = {"stream": stream, "follow": str(follow).lower()}
         if attempt:
             params["attempt"] = attempt
         async with self._stream("GET", f"/v1/tasks/{task_id}/logs", params=params) as resp:
             async for text in resp.aiter_text():
                 yield text
+            if lost := resp.headers.get("x-shoal-log-incomplete"):  # after what survives
+                total = resp.headers.get("x-shoal-log-total")
+                raise errors.LogIncomplete(lost, int(resp.headers["x-shoal-log-kept"]), total and int(total))
 
     async def events(self, job: str | None = None, task: str | None = None,
                      since: int | None = None, state: str | None = None) -> AsyncIterator[dict]:

@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import BinaryIO, Callable, Iterable
 from urllib.parse import urlparse
 
+import anyio
+
 from ..errors import ClusterError, Conflict, FlowCancelled, FlowFailed, InvalidSpec, ShoalError, StoreUnavailable
 from ..flows.file import load_flow, parse_flow
 from ..flows.plan import Plan, StagePlan, plan_or_raise
@@ -251,9 +253,14 @@ async def run_flow(client, spec: FlowSpec, base_dir: str | Path = ".", *, stdin:
         ended = True
         raise
     finally:
-        if side is not None:
-            await asyncio.shield(side.close(ended))
-        shutil.rmtree(tmp, ignore_errors=True)
+        # shielded: a cancelled run (Ctrl-C, SIGTERM) still ends its client side and
+        # removes its spool before the cancellation goes on (asyncio.shield would go on
+        # at once and skip both, and the client would close under the shielded call)
+        with anyio.CancelScope(shield=True):
+            if side is not None:
+                with anyio.move_on_after(15):
+                    await side.close(ended)
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _spool(path: Path, stdin: BinaryIO | None, items: Iterable | None, sep: str) -> None:

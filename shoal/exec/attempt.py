@@ -197,11 +197,18 @@ def log_paths(log_dir: Path, task_id: str, n: int) -> tuple[Path, Path]:
     return log_dir / f"{task_id}.{n}.out", log_dir / f"{task_id}.{n}.err"
 
 
+def check_cwd(spec: TaskSpec, node_id: str) -> None:
+    """SetupError unless the task's directory is here: a task runs in its submitter's
+    directory by default, which another machine may not have."""
+    if spec.cwd is not None and not os.path.isdir(spec.cwd):
+        raise SetupError(f"cwd {spec.cwd} does not exist on node {node_id} (a task runs in the "
+                         "directory it was submitted from unless given --cwd / cwd=)")
+
+
 def start(spec: TaskSpec, task_id: str, n: int, log_dir: Path, node_id: str,
           tail_bytes: int = 4096, grace_s: float = 5.0, base_env: dict | None = None) -> Attempt:
     """Spawn the attempt; raise SetupError (with the reason in words) if it cannot start."""
-    if spec.cwd is not None and not os.path.isdir(spec.cwd):
-        raise SetupError(f"cwd: directory {spec.cwd!r} does not exist on node {node_id}")
+    check_cwd(spec, node_id)
     stdin = subprocess.DEVNULL
     if spec.stdin is not None:
         try:

@@ -107,6 +107,7 @@ class WorkerPool:
         self._tasks: set[asyncio.Task] = set()
 
     def start(self, record: TaskRecord, log_dir: Path, tail_bytes: int, base_env: dict) -> FunctionAttempt:
+        _attempt.check_cwd(record.spec, self.node_id)
         loop = asyncio.get_running_loop()
         att = FunctionAttempt(record.id, record.attempt, loop.create_future())
         t = loop.create_task(self._drive(att, record, log_dir, tail_bytes, base_env))

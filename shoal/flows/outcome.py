@@ -5,6 +5,7 @@ remain only as a fallback for an outcome that could not be written."""
 from __future__ import annotations
 
 import enum
+import re
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -53,5 +54,13 @@ def outcome_of(task, written: Outcome | None) -> Outcome:
     if code is None or code <= 0 or "was lost" in reason:
         return Outcome(kind=OutcomeKind.lost, message=reason or "lost")
     kind = EXIT_KINDS.get(code, OutcomeKind.failed)
-    return Outcome(kind=kind, message=reason or f"exited with status {code}",
-                   stderr=(getattr(task, "stderr_tail", "") or "").strip() if kind == OutcomeKind.failed else "")
+    stderr = (getattr(task, "stderr_tail", "") or "").strip()
+    # the instance printed its outcome's message first on its stderr: "stage a[0]: command
+    # exited with status 4". Its own exit status (3: "its command failed") would only say
+    # the same in other numbers, so the message it printed is the one told
+    said = re.search(r"^stage [^\s\[]+\[\d+\]: (.+)$", stderr, re.MULTILINE)
+    if said:
+        message, stderr = said.group(1), (stderr[:said.start()] + stderr[said.end():]).strip()
+    else:
+        message = f"its instance exited with status {code}" + (f" ({reason})" if reason and str(code) not in reason else "")
+    return Outcome(kind=kind, message=message, stderr=stderr if kind == OutcomeKind.failed else "")
