@@ -188,8 +188,9 @@ class TaskRecord(BaseModel):
     attempt: int = 0                       # number of the current (or last) attempt
     released: int = 0                      # attempts handed back by nodes shutting down (not counted)
     node_losses: int = 0                   # attempts lost with their node or lease (node_loss_retries)
-    deps_left: int = 0                     # waiting: dependencies not yet ended
-    dependents: list[str] = Field(default_factory=list)  # tasks waiting on this one
+    deps_left: int = 0                     # waiting: dependencies not yet ended, as of submit
+    # (the live count is in waits/<id>, and the tasks waiting on this one are the keys
+    # deps/<id>/<dependent>: neither grows this record, see logic/dag.py)
     # function tasks: the return value (small ones inline, base64 of a pickle; big ones
     # stay on the node that made them), or the exception it raised
     result: str | None = None

@@ -1,6 +1,8 @@
 """The reaper, held by one elected node at a time: when a node's lease expires its
 running keys vanish, and the reaper retries or fails the attempts it was running. It
-also tells queued tasks that no live node can run why (and stops once one can)."""
+also tells queued tasks that no live node can run why (and stops once one can), and
+finishes DAG cascades left as markers (a task with many dependents ended, or the node
+finishing one died) and recordings of dependencies left half done."""
 from __future__ import annotations
 
 import asyncio
@@ -30,6 +32,7 @@ class Reaper:
         self.explain_every_s = explain_every_s      # how often queued tasks are told why none runs them
         self.requeued = 0
         self._nodes_changed = asyncio.Event()
+        self.cascaded = 0     # DAG edges consumed through markers
 
     async def serve(self) -> None:
         """Run as reaper: reconcile once, then react to node deaths as they happen. A
@@ -37,7 +40,8 @@ class Reaper:
         so the running keys it held are read back at the revision just before."""
         rev = await self.store.kv.revision()
         await self.reconcile()
-        ticks = [asyncio.create_task(self._periodic()), asyncio.create_task(self._explain_loop())]
+        ticks = [asyncio.create_task(self._periodic()), asyncio.create_task(self._explain_loop()),
+                 asyncio.create_task(self._cascades(rev))]
         try:
             async for batch in self.store.kv.watch(self.store.keys.nodes, rev + 1):
                 if isinstance(batch, WatchReset):
@@ -53,6 +57,19 @@ class Reaper:
             for tick in ticks:
                 tick.cancel()
             await asyncio.gather(*ticks, return_exceptions=True)
+
+    async def _cascades(self, rev: int) -> None:
+        """Finish each cascade marker as it appears (those there already: reconcile)."""
+        async for batch in self.store.kv.watch(self.store.keys.cascades, rev + 1):
+            try:
+                if isinstance(batch, WatchReset):
+                    self.cascaded += await self.store.dag.finish_all()
+                    continue
+                for kind, kv, _ in batch:
+                    if kind == "PUT":
+                        self.cascaded += await self.store.dag.finish(self.store.keys.id_of(kv.key))
+            except Exception as e:   # the next marker, or the periodic reconcile, takes it up again
+                log.warning("finishing a DAG cascade failed: %s", e)
 
     async def _node_gone(self, node: str, revision: int) -> None:
         try:
@@ -100,7 +117,9 @@ class Reaper:
 
     async def reconcile(self) -> None:
         """Find tasks marked running whose running key is gone (a reaper change-over or
-        a missed event) and requeue them."""
+        a missed event) and requeue them; finish DAG cascades and recordings left undone."""
+        self.cascaded += await self.store.dag.finish_all()
+        await self.store.dag.record_all_rest()
         running = await self.store.tasks.running_tasks()
         live = {n.id for n in await self.store.nodes.nodes()}
         async for rec in self.store.tasks.tasks_in_state("running"):
