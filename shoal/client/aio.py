@@ -18,7 +18,7 @@ import httpx
 import orjson
 
 from .. import errors
-from ..errors import InvalidSpec, ShoalError
+from ..errors import InvalidSpec, ShoalError, UnplaceableWarning
 from ..logic.template import as_command, combine, fill
 from ..model import TaskRecord, TaskSpec, new_ids
 from . import current, failover
@@ -58,11 +58,6 @@ def check_specs(rows: list[dict]) -> None:
     if seen:
         raise InvalidSpec([f"tasks[{at[0]}].{p}" if len(at) == 1 else
                            f"tasks[{at[0]}] and {len(at) - 1} more: {p}" for p, at in seen.items()])
-
-
-class UnplaceableWarning(UserWarning):
-    """A submitted task that no live node could ever run: it was accepted and stays
-    queued (a node that fits may join later)."""
 
 
 def _warn(body: dict) -> None:
