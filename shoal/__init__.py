@@ -2,7 +2,7 @@
 __version__ = "0.1.0"
 
 from .errors import (ShoalError, InvalidSpec, NotFound, Conflict, TooLarge, StoreUnavailable, StoreFull,  # noqa: E402
-                     ClusterError, NodeUnreachable, TaskFailed, FlowFailed, FlowCancelled)
+                     ClusterError, NodeUnreachable, TaskFailed, FlowFailed, FlowCancelled, UnplaceableWarning)
 
 
 def connect(address: str | None = None, **kw):
@@ -33,4 +33,5 @@ def __getattr__(name: str):
 
 __all__ = ["flow", "task", "Future", "as_completed", "gather", "progress", "connect", "aconnect",
            "ShoalError", "InvalidSpec", "NotFound", "Conflict", "TooLarge", "StoreUnavailable", "StoreFull",
-           "ClusterError", "NodeUnreachable", "TaskFailed", "FlowFailed", "FlowCancelled", "__version__"]
+           "ClusterError", "NodeUnreachable", "TaskFailed", "FlowFailed", "FlowCancelled", "UnplaceableWarning",
+           "__version__"]

@@ -13,7 +13,8 @@ and how problems found in input are collected (`Problems`) and worded (`describe
     ├── ClusterError             no node answers, or a local cluster could not be started or stopped
     ├── NodeUnreachable          the node that holds what was asked for did not answer another node
     ├── LogIncomplete            only the end of a log survives: the node that held it is gone
-    ├── TaskFailed               wait() on a task that ended failed, when asked to raise
+    ├── TaskFailed               wait() on a task that ended failed, when asked to raise; also an
+    │                            instance of the remote exception's class when the client has it
     ├── FlowFailed               a flow run failed (its run, the stage, the end of its stderr)
     ├── FlowCancelled            a flow run was cancelled
     ├── SourceError              a flow's source could not be read (names the file)
@@ -32,12 +33,17 @@ and how problems found in input are collected (`Problems`) and worded (`describe
 An error crosses HTTP as `{"error": <class name>, "message": ..., <its fields>}` (`fields`
 names the structured attributes a class carries, such as InvalidSpec's `problems`), and is
 rebuilt as the same class on the other side; the status codes live in `shoal.api.errors`.
+`RemoteTraceback` is no ShoalError: it carries a node's traceback text as a TaskFailed's cause.
+`UnplaceableWarning` is a warning, not an error: a task was accepted that no live node can run.
 """
 from __future__ import annotations
 
+import builtins
 import difflib
+import functools
 import json
 import re
+import sys
 from typing import Any, Callable, Iterable, Iterator, NamedTuple
 
 
@@ -114,10 +120,23 @@ class LogIncomplete(ShoalError):
 
 class TaskFailed(ShoalError):
     """A task ended without success. For a function task that raised, `remote_type`,
-    `remote_message` and `remote_traceback` describe the exception on the node."""
+    `remote_message` and `remote_traceback` describe the exception on the node.
+
+    When the client knows the remote exception's class (a builtin, or a class of a module
+    it has imported), `TaskFailed(task)` is an instance of a class made on the fly that
+    inherits both TaskFailed and that class, so `except ValueError` catches a ValueError
+    raised in the task. Its `__cause__` carries the remote traceback, so an uncaught one
+    prints it. A class that cannot be mixed in (its layout, a ShoalError, not an Exception)
+    leaves a plain TaskFailed."""
 
     fields = ("remote_type", "remote_message", "remote_traceback")
     task = None   # the TaskRecord; not carried over HTTP
+    remote_type = remote_message = remote_traceback = None
+
+    def __new__(cls, task=None, *args, **kwargs):
+        if cls is TaskFailed and task is not None:
+            cls = remote_class((getattr(task, "error", None) or {}).get("type"))
+        return super().__new__(cls)
 
     def __init__(self, task):
         self.task = task
@@ -125,7 +144,74 @@ class TaskFailed(ShoalError):
         self.remote_type = error.get("type")
         self.remote_message = error.get("message")
         self.remote_traceback = error.get("traceback")
-        super().__init__(f"task {task.id} ended {getattr(task.state, 'value', task.state)}: {task.reason_text()}")
+        # Exception's own __init__, not super(): a mixed-in class's __init__ may take
+        # other arguments than one message
+        Exception.__init__(self, f"task {task.id} ended {getattr(task.state, 'value', task.state)}: "
+                                 f"{task.reason_text()}")
+        if self.remote_traceback:
+            self.__cause__ = RemoteTraceback(self.remote_traceback)
+
+
+class UnplaceableWarning(UserWarning):
+    """A submitted task that no live node could ever run: it was accepted and stays
+    queued (a node that fits may join later)."""
+
+
+class RemoteTraceback(Exception):
+    """The traceback of an exception raised on a node, as text: the `__cause__` of the
+    TaskFailed that reports it, so Python prints it above the local one."""
+
+    def __str__(self) -> str:
+        return f'\n"""\n{self.args[0].rstrip()}\n"""'
+
+
+def _remote_exception_type(name: str | None) -> type | None:
+    """The class a remote exception's type name (`ValueError`, `pkg.mod.Error`) stands
+    for, if this process has it: a builtin, or a class of a module already imported
+    (code that can `except` a class has imported its module, so nothing is imported here)."""
+    if not name:
+        return None
+    if "." not in name:
+        found = getattr(builtins, name, None)
+    else:
+        parts, found = name.split("."), None
+        for i in range(len(parts) - 1, 0, -1):
+            module = sys.modules.get(".".join(parts[:i]))
+            if module is not None:
+                found = module
+                for part in parts[i:]:
+                    found = getattr(found, part, None)
+                break
+    if isinstance(found, type) and issubclass(found, Exception) and not issubclass(found, ShoalError):
+        return found
+    return None
+
+
+@functools.lru_cache(maxsize=256)
+def _mixed(remote: type) -> type[TaskFailed]:
+    """TaskFailed mixed with `remote`, made once per class; TaskFailed when they cannot mix."""
+    try:
+        cls = type(f"TaskFailed({remote.__qualname__})", (TaskFailed, remote), {
+            "__module__": __name__, "__str__": BaseException.__str__, "__repr__": BaseException.__repr__,
+            "__reduce__": _reduce_mixed, "_mixed_with": remote})
+        cls.__new__(cls)  # some classes build only with their own arguments
+        return cls
+    except Exception:
+        return TaskFailed
+
+
+def remote_class(name: str | None) -> type[TaskFailed]:
+    """The TaskFailed class that reports a remote exception of type `name`."""
+    remote = _remote_exception_type(name)
+    return _mixed(remote) if remote is not None else TaskFailed
+
+
+def _reduce_mixed(e: TaskFailed):
+    return _restore_remote, (e.remote_type, str(e)), e.__dict__
+
+
+def _restore_remote(remote_type: str | None, message: str) -> TaskFailed:
+    return _restore(remote_class(remote_type), message)
 
 
 class FlowFailed(ShoalError):
@@ -202,14 +288,16 @@ def error_classes() -> dict[str, type[ShoalError]]:
     todo = [ShoalError]
     while todo:
         cls = todo.pop()
-        out[cls.__name__] = cls
+        if "_mixed_with" not in cls.__dict__:  # made on the fly for a remote exception
+            out[cls.__name__] = cls
         todo.extend(cls.__subclasses__())
     return out
 
 
 def to_body(e: ShoalError) -> dict:
     """The JSON body that carries `e`: its class name, message and fields."""
-    body = {"error": type(e).__name__, "message": str(e)}
+    cls = TaskFailed if isinstance(e, TaskFailed) and "_mixed_with" in type(e).__dict__ else type(e)
+    body = {"error": cls.__name__, "message": str(e)}
     for name in type(e).fields:
         body[name] = getattr(e, name, None)
     return body
@@ -229,11 +317,15 @@ def from_body(status: int, body: dict | str | bytes | None, fallback_text: str, 
     cls = error_classes().get(body.get("error")) if isinstance(body.get("error"), str) else None
     if cls is None:
         cls = _BY_STATUS.get(status, ShoalError)
+    if cls is TaskFailed:  # keep the remote exception's type here too
+        cls = remote_class(body.get("remote_type") if isinstance(body.get("remote_type"), str) else None)
     message = body.get("message")
     message = message if isinstance(message, str) and message else fallback_text
     e = _restore(cls, f"{origin}: {message}" if origin else message)
     for name in cls.fields:
         setattr(e, name, body.get(name))
+    if isinstance(e, TaskFailed) and isinstance(e.remote_traceback, str) and e.remote_traceback:
+        e.__cause__ = RemoteTraceback(e.remote_traceback)
     if issubclass(cls, InvalidSpec) and not (isinstance(e.problems, list) and e.problems):
         e.problems = [message]
     return e

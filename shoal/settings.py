@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .model.task import DEFAULT_MAX_RETRIES
+from .model.task import DEFAULT_MAX_RETRIES, DEFAULT_NODE_LOSS_RETRIES
 
 
 def shoal_home() -> Path:
@@ -40,6 +40,8 @@ class NodeSettings:
     cancel_grace_s: float = 0.5
     log_tail_bytes: int = 4096
     max_retries: int = DEFAULT_MAX_RETRIES
+    node_loss_retries: int = DEFAULT_NODE_LOSS_RETRIES  # for tasks that do not set their own
+    etcd_gone_exit_s: float | None = None   # exit once etcd is unreachable this long (None: never)
     claim_scan: int = 1000
     prefetch_per_slot: int = 8      # tasks claimed ahead per slot when the queue is deep...
     prefetch_below_s: float = 0.25  # ...and recent attempts take less than this...

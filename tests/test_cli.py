@@ -78,11 +78,14 @@ def test_up_twice_is_harmless_and_down_stops_it(tmp_path):
     home = tmp_path / "home"
     pids: list[int] = []
     try:
-        first = run(home, "up", "-o", "json")
+        first = run(home, "up", "--node-loss-retries", "1", "-o", "json")
         assert first.returncode == 0, first.stderr
         st = json.loads(first.stdout)
         pids = [st["etcd"]["pid"]] + [n["pid"] for n in st["nodes"]]
         assert all(psutil.pid_exists(p) for p in pids)
+        # its nodes take the cluster's node-loss limit, and exit if etcd stays gone a minute
+        argv = " ".join(psutil.Process(st["nodes"][0]["pid"]).cmdline())
+        assert "--node-loss-retries 1" in argv and "--etcd-gone-exit 60" in argv, argv
 
         second = run(home, "up")
         assert second.returncode == 0, second.stderr
@@ -163,6 +166,29 @@ def test_submit_a_shell_string(sh):
     p = sh("submit", "--wait", "echo $((6*7)) | tr 4 X")
     assert p.returncode == 0, p.stderr
     assert p.stdout == "X2\n"
+
+
+def test_submit_takes_node_loss_retries_apart_from_retries(sh):
+    p = sh("submit", "--retries", "1", "--node-loss-retries", "5", "--", "true")
+    assert p.returncode == 0, p.stderr
+    st = json.loads(sh("status", p.stdout.strip(), "-o", "json").stdout)
+    assert st["spec"]["retries"] == 1 and st["spec"]["node_loss_retries"] == 5
+    p = sh("submit", "--node-loss-retries", "-1", "--", "true")
+    assert_clean_error(p, "node_loss_retries")
+
+
+def test_submit_warns_when_no_node_could_ever_run_it_and_status_says_why(sh):
+    p = sh("submit", "--cpus", "100", "--", "true")
+    assert p.returncode == 0, p.stderr
+    tid = p.stdout.strip()
+    assert ID.match(tid), p.stdout
+    assert p.stderr.startswith("Warning: no live node can run it: no node has 100 cpus; the largest offers"), p.stderr
+    assert "Traceback" not in p.stderr
+    deadline = time.monotonic() + 60
+    while "no node can run it" not in (st := sh("status", tid)).stdout and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert "queued" in st.stdout and "no node has 100 cpus; the largest offers" in st.stdout, st.stdout
+    assert sh("cancel", tid).returncode == 0
 
 
 def test_submit_wait_prints_output_and_exits_with_the_tasks_code(sh):

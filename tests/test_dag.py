@@ -1,13 +1,16 @@
 """Dependencies between tasks, against a real etcd: waiting, promotion in the same
-transaction as the success, upstream failure cascades, cancel, allow_failed_deps."""
+transaction as the success, upstream failure cascades, cancel, allow_failed_deps; a
+10,000-way fan-in and fan-out, and crashes between the chunks that record or cascade."""
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import pytest
 
 from shoal.errors import InvalidSpec
 from shoal.logic import dag, transitions
+from shoal.logic.dag import Move, Wait
 from shoal.model import Attempt, TaskRecord, TaskSpec, TaskState, new_ids
 from shoal.store import Store
 from shoal.store.tasks import Claim, Completion
@@ -33,7 +36,7 @@ async def run_to_end(store: Store, task_id: str, code: int) -> int:
     done = transitions.finish_attempt(current, a, {}, time.time())
     out = await store.tasks.step("n1", lease, [Completion(done, rev, res.revision)], [])
     assert out.completed == [True]
-    return out.revision
+    return out.completed_rev[task_id]
 
 
 async def queued_ids(store: Store) -> set[str]:
@@ -54,8 +57,7 @@ async def test_dependent_waits_then_is_queued_in_the_same_txn_as_the_success(sto
     [b] = await store.tasks.submit([rec(depends_on=[a.id])])
     assert b.state == TaskState.waiting and b.deps_left == 1
     assert b.id not in await queued_ids(store)
-    got_a, _ = await store.tasks.get_task(a.id)
-    assert got_a.dependents == [b.id]
+    assert await store.dag.dependents(a.id) == [b.id]
     rev = await run_to_end(store, a.id, 0)
     got_b, b_rev = await store.tasks.get_task(b.id)
     assert got_b.state == TaskState.queued and b_rev == rev  # promoted by the very commit
@@ -119,32 +121,165 @@ def test_initial_state_and_cycles():
     assert dag.find_cycle({str(i): [str(i + 1)] for i in range(5000)}) is None
 
 
-def test_cascade_wave_moves_only_the_dependents_that_change():
-    s, now = TaskState, 1000.0
-    a = rec().model_copy(update={"state": s.succeeded})
-    bad = rec().model_copy(update={"state": s.failed})
-    one_left = rec(depends_on=[a.id]).model_copy(update={"state": s.waiting, "deps_left": 1})
-    two_left = rec(depends_on=[a.id, bad.id]).model_copy(update={"state": s.waiting, "deps_left": 2})
-    tolerant = rec(depends_on=[bad.id], allow_failed_deps=True).model_copy(
-        update={"state": s.waiting, "deps_left": 1})
-    cancelled = rec(depends_on=[a.id]).model_copy(update={"state": s.cancelled})
-    a = a.model_copy(update={"dependents": [one_left.id, two_left.id, cancelled.id, "t-gone"]})
-    bad = bad.model_copy(update={"dependents": [two_left.id, tolerant.id]})
-    current = {r.id: r for r in (one_left, two_left, tolerant, cancelled)}
+def test_recording_counts_off_ended_dependencies_and_puts_edges_for_the_rest():
+    s = TaskState
+    w = Wait(left=5, recorded=0, total=5)
+    move, edges = dag.record_chunk(w, ["a", "b", "c"], {"a": s.succeeded, "b": s.running, "c": s.queued})
+    assert edges == ["b", "c"] and move == Move(s.waiting, Wait(left=4, recorded=3, total=5))
+    # the last chunk, every dependency ended well: queued
+    move, edges = dag.record_chunk(Wait(left=2, recorded=3, total=5), ["d", "e"], {"d": s.succeeded, "e": s.succeeded})
+    assert move.state == s.queued and edges == []
+    # a failed one fails the task at once, with no edge left behind
+    move, edges = dag.record_chunk(w, ["a", "b", "x"], {"a": s.succeeded, "b": s.running, "x": s.failed})
+    assert (move.state, move.reason, edges) == (s.upstream_failed, "dependency x ended failed", [])
+    assert dag.record_chunk(w, ["gone"], {})[0].reason == "dependency gone is gone"
+    tolerant = replace(w, allow_failed=True)
+    assert dag.record_chunk(tolerant, ["x"], {"x": s.failed})[0] == Move(s.waiting, replace(tolerant, left=4, recorded=1))
+    assert dag.dependencies(["b", "a", "b"]) == ["b", "a"]
 
-    assert dag.cascades(a) and not dag.cascades(one_left)
-    assert dag.dependents_to_read([a, bad], seen={one_left.id}) == [two_left.id, cancelled.id, "t-gone",
-                                                                     tolerant.id]
-    changed = dag.cascade_wave([a, bad], current, now)
-    # a gone dependent is left alone, an ended one does not change, so neither is in the wave
-    assert list(changed) == [one_left.id, two_left.id, tolerant.id]
-    assert changed[one_left.id].state == s.queued and changed[one_left.id].deps_left == 0
-    # counted off for a, then failed upstream by bad: both frontier tasks apply in turn
-    assert changed[two_left.id].state == s.upstream_failed and changed[two_left.id].finished_at == now
-    assert changed[two_left.id].reason == f"dependency {bad.id} ended failed"
-    assert changed[tolerant.id].state == s.queued
-    assert dag.cascades(changed[two_left.id]) is False     # nothing waits on it: the cascade stops
-    assert dag.cascade_wave([a], {}, now) == {}
+
+def test_consuming_edges_folds_each_one_in_order():
+    s = TaskState
+    waits = {"one": Wait(1, 1, 1), "two": Wait(2, 2, 2), "tolerant": Wait(2, 2, 2, allow_failed=True),
+             "cancelled": None, "unrecorded": Wait(3, 1, 3)}
+    moves = dag.consume([("a", s.succeeded, "one"), ("a", s.succeeded, "two"), ("bad", s.failed, "two"),
+                         ("bad", s.failed, "tolerant"), ("a", s.succeeded, "tolerant"),
+                         ("a", s.succeeded, "cancelled"), ("a", s.succeeded, "unrecorded")], waits)
+    assert moves["one"] == Move(s.queued)
+    assert moves["two"] == Move(s.upstream_failed, reason="dependency bad ended failed")
+    assert moves["tolerant"] == Move(s.queued)
+    assert "cancelled" not in moves          # no longer waits: its edge goes, nothing else
+    assert moves["unrecorded"] == Move(s.waiting, Wait(2, 1, 3))   # not queued before all are recorded
+    # once settled, later edges change nothing
+    assert dag.consume([("x", s.failed, "d"), ("y", s.succeeded, "d")], {"d": Wait(2, 2, 2)})["d"].reason == \
+        "dependency x ended failed"
+    assert dag.inline(dag.INLINE_EDGES) and not dag.inline(dag.INLINE_EDGES + 1)
+    now = 5.0
+    r = rec().model_copy(update={"state": s.waiting, "deps_left": 3})
+    assert dag.settle(r, Move(s.queued), now).state == s.queued
+    failed = dag.settle(r, moves["two"], now)
+    assert (failed.state, failed.finished_at, failed.reason) == (s.upstream_failed, now, "dependency bad ended failed")
+
+
+async def end_many(store: Store, ids: list[str], code: int = 0, batch: int = 100) -> int:
+    """Claim and end `ids` on node n1, `batch` per step; the revision of the last end."""
+    lease = await store.kv.grant_lease(120)
+    last = 0
+    for i in range(0, len(ids), batch):
+        records = await store.tasks.get_many(ids[i:i + batch])
+        now = time.time()
+        claims = [Claim(t, transitions.start_attempt(r, "n1", now), store.keys.queue(r.spec.priority, t), rev)
+                  for t, (r, rev) in records.items()]
+        res = await store.tasks.step("n1", lease, [], claims)
+        assert all(res.claimed)
+        a = Attempt(n=1, node="n1", state=TaskState.succeeded if code == 0 else TaskState.failed,
+                    started_at=now, finished_at=now, exit_code=code)
+        ends = [Completion(transitions.finish_attempt(c.record, a, {}, now), res.revision, res.revision)
+                for c in claims]
+        out = await store.tasks.step("n1", lease, ends, [])
+        assert all(out.completed)
+        last = max(out.completed_rev.values())
+    await store.kv.revoke_lease(lease)
+    return last
+
+
+async def submit_plain(store: Store, n: int) -> list[str]:
+    return [r.id for r in await store.tasks.submit([rec() for _ in range(n)])]
+
+
+async def test_a_10000_way_fan_in_waits_for_every_dependency_and_the_last_success_queues_it(store):
+    deps = await submit_plain(store, 10_000)
+    await end_many(store, deps[:300])                 # some ended before: counted off at submit
+    before = await store.dag.states(deps)
+    [total] = await store.tasks.submit([rec(depends_on=deps)])
+    assert total.state == TaskState.waiting
+    # recording 9,700 edges rewrote none of the dependencies' records
+    assert await store.dag.states(deps) == before
+    assert len(await store.dag.dependents(deps[-1])) == 1
+    await end_many(store, deps[300:-1])
+    got, _ = await store.tasks.get_task(total.id)
+    assert got.state == TaskState.waiting and total.id not in await queued_ids(store)
+    rev = await end_many(store, deps[-1:])
+    got, got_rev = await store.tasks.get_task(total.id)
+    assert got.state == TaskState.queued and got_rev == rev    # by the very commit of the last success
+    assert await queued_ids(store) == {total.id}
+
+
+async def test_a_10000_way_fan_out_is_queued_through_a_marker_in_chunks(store):
+    [root] = await store.tasks.submit([rec()])
+    kids = [r.id for r in await store.tasks.submit([rec(depends_on=[root.id]) for _ in range(10_000)])]
+    await run_to_end(store, root.id, 0)
+    # too many for the ending transaction: a marker says what is left to do
+    assert await store.dag.pending() == [root.id]
+    assert await store.dag.finish(root.id) == 10_000
+    assert await store.dag.pending() == []
+    assert await queued_ids(store) == set(kids)
+    assert sorted(await store.dag.dependents(root.id)) == sorted(kids)   # kept for their results
+
+
+async def test_a_failure_passes_upstream_through_markers_to_every_descendant(store):
+    [root] = await store.tasks.submit([rec()])
+    kids = [r.id for r in await store.tasks.submit([rec(depends_on=[root.id]) for _ in range(40)])]
+    grandkids = [r.id for r in await store.tasks.submit(
+        [rec(depends_on=kids[i:i + 2]) for i in range(0, 40, 2)] + [rec(depends_on=kids[:30])])]
+    await run_to_end(store, root.id, 1)
+    await store.dag.finish_all()
+    got = await store.tasks.get_many(kids + grandkids)
+    assert {r.state for r, _ in got.values()} == {TaskState.upstream_failed}
+    assert got[kids[7]][0].reason == f"dependency {root.id} ended failed"
+    assert await queued_ids(store) == set() and await store.dag.pending() == []
+
+
+async def test_a_crash_between_cascade_chunks_is_finished_once_by_the_next_run(store, monkeypatch):
+    [root] = await store.tasks.submit([rec()])
+    [other] = await store.tasks.submit([rec()])
+    kids = [r.id for r in await store.tasks.submit([rec(depends_on=[root.id, other.id]) for _ in range(200)])]
+    await run_to_end(store, root.id, 0)
+    real_txn, writes = store.kv.txn, []
+
+    async def dies_after_three_chunks(compare, success, failure=(), retry=True):
+        if compare:    # a write (reads compare nothing)
+            writes.append(1)
+            if len(writes) > 3:
+                raise ConnectionError("the node finishing the cascade died")
+        return await real_txn(compare, success, failure, retry)
+    monkeypatch.setattr(store.kv, "txn", dies_after_three_chunks)
+    with pytest.raises(ConnectionError):
+        await store.dag.finish(root.id)
+    monkeypatch.setattr(store.kv, "txn", real_txn)
+    assert await store.dag.pending() == [root.id]
+    assert await store.dag.finish_all() == 200 - 3 * dag.CHUNK_EDGES   # the rest, each edge once
+    # every kid counted root off exactly once: one dependency left, none queued early
+    assert await queued_ids(store) == {other.id}
+    await run_to_end(store, other.id, 0)
+    await store.dag.finish_all()
+    assert await queued_ids(store) == set(kids)
+
+
+async def test_a_recording_left_half_done_is_finished_by_a_retry_or_the_reaper(store):
+    deps = await submit_plain(store, 250)
+    r = rec(depends_on=deps)
+    new = await store.dag.create(r, store.tasks.check_size)   # the submitter died after one chunk
+    assert new.state == TaskState.waiting
+    assert len(await store.dag.dependents(deps[99])) == 1 and await store.dag.dependents(deps[100]) == []
+    await end_many(store, deps[:10] + deps[200:])             # recorded and unrecorded ones end
+    again = await store.tasks.submit_dependent(r)             # a retried submit goes on
+    assert again.state == TaskState.waiting
+    await store.dag.record_all_rest()                         # as the reaper would: nothing left to do
+    assert len(await store.dag.dependents(deps[150])) == 1 and await store.dag.dependents(deps[220]) == []
+    await end_many(store, deps[10:200])
+    assert await queued_ids(store) == {r.id}
+
+
+async def test_a_dependent_submitted_while_its_dependency_ends_is_never_left_waiting(store):
+    """Submit a dependent while its dependency's end is being committed, many times."""
+    import asyncio
+    for _ in range(20):
+        [a] = await store.tasks.submit([rec()])
+        _, [b] = await asyncio.gather(end_many(store, [a.id]), store.tasks.submit([rec(depends_on=[a.id])]))
+        await store.dag.finish_all()
+        got, _ = await store.tasks.get_task(b.id)
+        assert got.state == TaskState.queued
 
 
 @pytest.mark.cluster

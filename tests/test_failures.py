@@ -14,7 +14,8 @@ import psutil
 import pytest
 
 import shoal
-from shoal.model import TaskState
+from shoal import UnplaceableWarning
+from shoal.model import EndedBy, TaskState
 
 pytestmark = pytest.mark.cluster
 
@@ -88,7 +89,8 @@ def test_sigkill_node_mid_run_requeues_its_tasks_elsewhere(make_cluster, victim_
 
     with shoal.connect(survivor_api) as c:
         wait_for(lambda: len(c.nodes()) == 3, 30, "all three nodes to register")
-        ids = c.submit_many([{"command": "sleep 0.05", "retries": 3, "name": f"a{i}"} for i in range(300)])
+        # default settings: no `retries`, so any task charged for the node's death would fail
+        ids = c.submit_many([{"command": "sleep 0.05", "name": f"a{i}"} for i in range(300)])
 
         # kill the victim in the middle of the run, at a moment it holds running tasks
         def mid_run():
@@ -138,6 +140,8 @@ def test_sigkill_node_mid_run_requeues_its_tasks_elsewhere(make_cluster, victim_
     for tid, i in lost.items():
         r = by_id[tid]
         assert r.attempts[i].state == TaskState.failed
+        assert r.attempts[i].ended_by == EndedBy.node_lost and r.attempts[i].reason == f"node {victim} was lost"
+        assert r.node_losses == 1, r.attempts
         assert i + 1 < len(r.attempts), f"{tid}: no new attempt after the one lost with {victim}"
         nxt = r.attempts[i + 1]
         assert nxt.node != victim and nxt.node in nodes, f"{tid}: retried on {nxt.node}"
@@ -206,6 +210,20 @@ def test_etcd_outage_mid_run_loses_no_task(make_cluster, ttl, outage_s):
         after = c.wait(c.submit_many([{"command": "true"} for _ in range(10)]), timeout=60)
         assert all(r.state == TaskState.succeeded for r in after)
         assert {r.node for r in after} <= set(leases_before)
+
+
+def test_a_node_given_an_etcd_gone_limit_logs_the_outage_and_exits_with_a_clear_message(make_cluster):
+    cluster = make_cluster(nodes=1, lease_ttl_s=2, node_args=["--etcd-gone-exit", "4"])
+    node = cluster.state()["nodes"][0]
+    with shoal.connect(node["api"]) as c:
+        t = c.submit("sleep 300")
+        wait_for(lambda: c.get(t.id).state == TaskState.running, 30, "the task to run")
+    cluster.stop_etcd()
+    wait_for(lambda: not live(node["pid"]), 120, "the node to exit once etcd had been gone 4s")
+    log = Path(node["log"]).read_text()
+    assert f"etcd at {cluster.state()['etcd']['url']} is unreachable: " in log, log
+    assert "Error: node node-1: etcd at " in log and "; exiting (--etcd-gone-exit 4)" in log, log
+    assert "Traceback" not in log, log
 
 
 # -- (c) a failing command is retried, then fails ---------------------------------------
@@ -333,16 +351,30 @@ def test_task_over_its_memory_limit_does_not_succeed(make_cluster):
         assert "memory limit" in rec.reason, rec.reason
 
 
-def test_task_needing_more_memory_than_any_node_stays_queued(make_cluster):
+def test_task_needing_more_memory_than_any_node_stays_queued_and_says_why(make_cluster):
     cluster = make_cluster(nodes=2)
     with shoal.connect(cluster.address) as c:
         biggest = max(n["memory"] for n in c.nodes())
-        big = c.submit("echo never", memory=str(biggest * 2))
+        with pytest.warns(UnplaceableWarning, match=r"no node has \S+ of memory; the largest offers"):
+            big = c.submit("echo ran", memory=str(biggest * 2))
         small = c.submit("echo fine")  # others are not blocked behind it
         assert c.wait(small.id, timeout=60).state == TaskState.succeeded
-        time.sleep(2.5)
-        rec = c.get(big.id)
+        # the reaper writes why into the record, for `shoal status`
+        rec = wait_for(lambda: (lambda r: r if r.reason else None)(c.get(big.id)), 60, "a reason on the big task")
         assert rec.state == TaskState.queued and rec.attempts == [], (rec.state, rec.reason)
-        cancelled = c.cancel(big.id)
+        assert rec.reason.startswith("no node can run it: no node has ") and "of memory" in rec.reason, rec.reason
+        # a node that fits joins: it runs there, and the reason is gone
+        cluster.add_node("node-big", node_args=["--memory", str(biggest * 2)])
+        done = c.wait(big.id, timeout=60)
+        assert done.state == TaskState.succeeded and done.node == "node-big" and done.reason is None, done
+        assert done.stdout_tail == "ran\n"
+
+
+def test_task_needing_a_label_no_node_has_can_be_cancelled(make_cluster):
+    cluster = make_cluster(nodes=1)
+    with shoal.connect(cluster.address) as c:
+        with pytest.warns(UnplaceableWarning, match="no node has label gpu-a100"):
+            t = c.submit("echo never", labels=["gpu-a100"])
+        cancelled = c.cancel(t.id)
         assert cancelled.state == TaskState.cancelled
-        assert c.get(big.id).state == TaskState.cancelled
+        assert c.get(t.id).state == TaskState.cancelled

@@ -98,6 +98,11 @@ def test_not_yaml_and_not_a_mapping():
     assert "a flow file is a mapping" in problems("- a\n- b\n")[0]
 
 
+def test_stages_of_the_wrong_shape_are_a_problem_not_a_crash():
+    assert problems("name: x\nstages: 3\n") == ["line 2: stages: 3 is not valid: Input should be a valid list"]
+    assert "stages[0]" in problems("name: x\nstages: [7]\n")[0]
+
+
 def test_missing_source_and_existing_sink_are_reported_before_any_task(tmp_path):
     (tmp_path / "out.tsv").write_text("old\n")
     spec, _ = parse_flow("name: x\nstages:\n  - name: a\n    read: nothing-here/*.txt\n    op: words\n"

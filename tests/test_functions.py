@@ -18,6 +18,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -28,6 +29,7 @@ import pytest
 import shoal
 from shoal.errors import InvalidSpec, NotFound, ShoalError, TaskFailed
 from shoal.cluster.local import LocalCluster
+from shoal.model import TaskRecord
 
 HERE = sys.modules[__name__]
 WAIT_S = 180  # generous: a loaded 2-core machine runs this
@@ -314,6 +316,62 @@ def test_an_exception_comes_back_as_task_failed_with_type_message_and_traceback(
 
 
 @pytest.mark.cluster
+def test_a_remote_exception_keeps_its_type_and_shows_its_traceback(c):
+    with pytest.raises(ValueError) as info:     # the builtin type, caught as itself
+        fail_with.submit("bad input 7").result(timeout=WAIT_S)
+    err = info.value
+    assert isinstance(err, TaskFailed) and err.remote_type == "ValueError"
+    assert type(err).__qualname__ == "TaskFailed(ValueError)"
+    # uncaught, Python prints the node's traceback above the local one
+    printed = "".join(traceback.format_exception(err))
+    assert "in fail_with" in printed and "ValueError: bad input 7" in printed
+    assert printed.index("in fail_with") < printed.index("The above exception was the direct cause")
+    # a class of a module this process imported (this test module) is caught too
+    with pytest.raises(Oops):
+        fail_custom.submit("mine").result(timeout=WAIT_S)
+    assert isinstance(fail_custom.submit("again").exception(timeout=WAIT_S), Oops)
+    # gather raises the same
+    with pytest.raises(ValueError):
+        c.gather([square.submit(2), fail_with.submit("in a gather")])
+
+
+class NeedsItsOwnArguments(Exception):
+    def __new__(cls, code):
+        return super().__new__(cls, code)
+
+
+def failed_with(kind: str) -> TaskRecord:
+    return TaskRecord(id="t-x", spec={"command": "true"}, submitted_at=0.0, state="failed",
+                            error={"type": kind, "message": "m", "traceback": f"Traceback ...\n{kind}: m\n"})
+
+
+@pytest.mark.parametrize("kind, mixed_with", [
+    ("ValueError", ValueError), ("KeyError", KeyError), ("OSError", OSError),
+    (f"{__name__}.Oops", Oops), ("json.decoder.JSONDecodeError", "json"),
+    # a module this process never imported, a class that will not build without its own
+    # arguments, a non-Exception, a shoal error: a plain TaskFailed
+    ("no_such_module.Error", None), (f"{__name__}.NeedsItsOwnArguments", None),
+    ("KeyboardInterrupt", None), ("shoal.errors.Conflict", None), (None, None)])
+def test_task_failed_mixes_in_the_remote_class_when_this_process_has_it(kind, mixed_with):
+    import json
+    import pickle
+    from shoal.errors import from_body, to_body
+    mixed_with = json.JSONDecodeError if mixed_with == "json" else mixed_with
+    e = TaskFailed(failed_with(kind))
+    assert isinstance(e, TaskFailed) and str(e) == "task t-x ended failed: failed"
+    if mixed_with is None:
+        assert type(e) is TaskFailed
+    else:
+        assert isinstance(e, mixed_with) and type(e) is type(TaskFailed(failed_with(kind)))  # made once
+    again = pickle.loads(pickle.dumps(e))
+    assert type(again) is type(e) and again.remote_type == kind and str(again) == str(e)
+    over_http = from_body(409, to_body(e), "failed")
+    assert type(over_http) is type(e) and to_body(e)["error"] == "TaskFailed"
+    if kind:
+        assert f"{kind}: m" in str(e.__cause__) and f"{kind}: m" in str(over_http.__cause__)
+
+
+@pytest.mark.cluster
 def test_what_a_function_prints_is_kept_like_a_commands_output(c):
     f = shout.submit("hi")
     assert f.result(timeout=WAIT_S) == "HI"
@@ -355,6 +413,14 @@ def test_a_module_the_node_cannot_import_fails_clearly_until_shipped(c, tmp_path
 
 
 # -- 2. futures as arguments: a DAG ----------------------------------------------------------
+
+@pytest.mark.cluster
+def test_a_function_fans_in_over_two_thousand_futures_that_have_not_ended(c):
+    parts = square.map(range(2000))
+    f = total.submit(parts)     # most are still queued: recorded as edges, in chunks
+    assert len(c.get(f.id).spec.depends_on) == 2000
+    assert f.result(timeout=WAIT_S) == sum(i * i for i in range(2000))
+
 
 @pytest.mark.cluster
 def test_fan_out_fan_in_sums_the_squares_and_depends_on_each(c):

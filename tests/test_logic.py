@@ -11,7 +11,7 @@ from shoal.errors import InvalidSpec
 from shoal.logic import placement, transitions
 from shoal.logic.placement import Capacity
 from shoal.logic.template import as_command, combine, fill
-from shoal.model import Attempt, TaskRecord, TaskSpec, TaskState, new_ids
+from shoal.model import Attempt, EndedBy, TaskRecord, TaskSpec, TaskState, new_ids
 from shoal.model.ids import id_time_ms
 from shoal.model.keys import Keys, queue_rank
 from shoal.model.sizes import parse_size
@@ -37,6 +37,9 @@ def rec(**kw) -> TaskRecord:
     ({"command": ["x"], "timeout": "5"}, "timeout: '5'"),
     ({"command": ["x"], "env": {"A": 1}}, "env.A: 1"),
     ({"command": ["x"], "retries": 11}, "retries: 11 is above this cluster's cap of 10"),
+    ({"command": ["x"], "node_loss_retries": 11}, "node_loss_retries: 11 is above this cluster's cap of 10"),
+    ({"command": ["x"], "node_loss_retries": -1}, "node_loss_retries: -1"),
+    ({"command": ["x"], "node_loss_retries": "a"}, "node_loss_retries: 'a'"),
     ({"command": ["x"], "labels": ["a b"]}, "is not a label"),
 ])
 def test_bad_input_names_the_field_and_form(data, expect):
@@ -152,9 +155,9 @@ def test_retry_waits_its_backoff():
     assert transitions.retry_delay_s(2, 30) == 300
 
 
-@given(st.integers(0, 5), st.lists(st.sampled_from(["ok", "fail", "lost"]), min_size=1, max_size=10))
-def test_attempts_never_exceed_retries_plus_one(retries, outcomes):
-    t = rec(retries=retries, backoff=0)
+@given(st.integers(0, 5), st.integers(0, 4), st.lists(st.sampled_from(["ok", "fail", "lost"]), min_size=1, max_size=12))
+def test_attempts_never_exceed_either_limit(retries, node_loss_retries, outcomes):
+    t = rec(retries=retries, backoff=0, node_loss_retries=node_loss_retries)
     for o in outcomes:
         if t.is_final:
             break
@@ -162,10 +165,14 @@ def test_attempts_never_exceed_retries_plus_one(retries, outcomes):
             t = transitions.node_lost(transitions.start_attempt(t, "n1", time.time()), "n1", time.time())
         else:
             t = run_once(t, 0 if o == "ok" else 1)
-    assert len(t.attempts) <= retries + 1
+    lost = [a for a in t.attempts if a.ended_by == EndedBy.node_lost]
+    assert len(t.attempts) - len(lost) <= retries + 1   # node losses never use up `retries`
+    assert len(lost) <= node_loss_retries + 1
     assert sum(a.state == TaskState.succeeded for a in t.attempts) <= 1
     if t.state == TaskState.succeeded:
         assert t.attempts[-1].state == TaskState.succeeded
+    if t.state == TaskState.failed and t.attempts[-1].ended_by == EndedBy.node_lost:
+        assert len(lost) == node_loss_retries + 1 and f"node_loss_retries: {node_loss_retries}" in t.reason
 
 
 def test_cancel_requested_while_running_ends_cancelled():
@@ -175,12 +182,60 @@ def test_cancel_requested_while_running_ends_cancelled():
     assert done.state == TaskState.cancelled
 
 
-def test_node_lost_requeues_or_fails():
+def test_node_loss_is_not_charged_to_retries_and_has_its_own_limit():
+    t = transitions.start_attempt(rec(retries=0, backoff=0), "n1", time.time())
+    for n in (1, 2, 3):   # the default limit: 3 requeues
+        t = transitions.node_lost(t, f"n{n}", time.time())
+        assert t.state == TaskState.queued and t.not_before is None
+        assert t.reason == f"node n{n} was lost; requeued (node loss {n} of 3)"
+        assert t.attempts[-1].reason == f"node n{n} was lost" and t.attempts[-1].ended_by == EndedBy.node_lost
+        t = transitions.start_attempt(t, "n9", time.time())
+    t = transitions.node_lost(t, "n9", time.time())
+    assert t.state == TaskState.failed and t.node_losses == 4
+    assert t.reason == "node n9 was lost; gave up after 4 node losses (node_loss_retries: 3)"
+
+
+def test_node_loss_then_a_failing_command_still_gets_its_retries():
     t = transitions.start_attempt(rec(retries=1, backoff=0), "n1", time.time())
     t = transitions.node_lost(t, "n1", time.time())
-    assert t.state == TaskState.queued and t.attempts[0].reason == "node n1 was lost"
-    t = transitions.node_lost(transitions.start_attempt(t, "n2", time.time()), "n2", time.time())
-    assert t.state == TaskState.failed
+    t = run_once(t, 3, node="n2")
+    assert t.state == TaskState.queued and t.reason == "retrying: exit code 3"
+    t = run_once(t, 3, node="n2")
+    assert t.state == TaskState.failed and t.reason == "exit code 3 after 2 attempts"
+    assert [a.ended_by for a in t.attempts] == [EndedBy.node_lost, None, None]  # run_once sets none
+
+
+def test_node_loss_limit_of_the_task_wins_over_the_clusters():
+    t = transitions.start_attempt(rec(node_loss_retries=0), "n1", time.time())
+    gone = transitions.node_lost(t, "n1", time.time(), limit=5)
+    assert gone.state == TaskState.failed
+    assert gone.reason == "node n1 was lost; gave up after 1 node loss (node_loss_retries: 0)"
+    t = transitions.start_attempt(rec(), "n1", time.time())
+    assert transitions.node_lost(t, "n1", time.time(), limit=0).state == TaskState.failed  # the cluster's
+    kept = transitions.node_lost(t, "n1", time.time(), limit=1)
+    assert kept.state == TaskState.queued and kept.reason.endswith("(node loss 1 of 1)")
+
+
+def test_lease_lost_says_so_and_counts_as_a_node_loss():
+    t = transitions.start_attempt(rec(), "n1", time.time())
+    t = transitions.node_lost(t, "n1", time.time(), ended_by=EndedBy.lease_lost)
+    assert t.state == TaskState.queued and t.node_losses == 1
+    assert t.attempts[0].ended_by == EndedBy.lease_lost
+    assert t.reason == "node n1 lost its lease and stopped the attempt; requeued (node loss 1 of 3)"
+
+
+def test_cancel_requested_then_node_lost_ends_cancelled():
+    t = transitions.request_cancel(transitions.start_attempt(rec(), "n1", time.time()))
+    t = transitions.node_lost(t, "n1", time.time())
+    assert t.state == TaskState.cancelled and t.reason == "cancelled (node n1 was lost)"
+
+
+def test_an_orphaned_claim_is_handed_back_counted_against_nothing():
+    t = transitions.start_attempt(rec(node_loss_retries=0), "n1", time.time())
+    t = transitions.release_orphan(t, "n1", time.time())
+    assert t.state == TaskState.queued and t.released == 1 and t.node_losses == 0
+    assert t.attempts[0].ended_by == EndedBy.released
+    assert run_once(t, 1).reason == "exit code 1"   # its one counted attempt
 
 
 # -- templates ------------------------------------------------------------------------
@@ -210,6 +265,7 @@ def test_release_on_clean_shutdown_does_not_use_up_retries():
     a = Attempt(n=1, node="n1", state=TaskState.failed, signal=15)
     t = transitions.release_attempt(t, a, {}, time.time())
     assert t.state == TaskState.queued and t.attempts[0].reason == "node n1 shut down; requeued"
+    assert t.attempts[0].ended_by == EndedBy.released
     t = run_once(t, 1, node="n2")
     assert t.state == TaskState.failed and t.reason == "exit code 1"  # one counted attempt, no retries
 
@@ -229,3 +285,45 @@ def test_plan_claims_takes_some_ahead_and_reports_the_next_backoff():
     ids, wake_at = placement.plan_claims(iter(cands), Capacity(1, 1 << 30, 0, 1), [], now,
                                          total=Capacity(2, 1 << 30, 0, 2), extra=2)
     assert ids == ["a", "c", "d"] and wake_at == now + 5  # one fits now, two ahead; e never fits
+
+
+# -- why no node can run a task -------------------------------------------------------------
+
+def offer(node_id: str = "n1", cpus: float = 2, memory: str = "4G", gpus: int = 0, labels=(), disk: str = "0"):
+    from shoal.model import NodeInfo
+    return NodeInfo(id=node_id, host="h", pid=1, api="http://h:1", cpus=cpus, memory=parse_size(memory),
+                    gpus=gpus, disk=parse_size(disk), slots=2, labels=list(labels), started_at=0.0)
+
+
+@pytest.mark.parametrize("want, expect", [
+    (dict(cpus=100), "no node has 100 cpus; the largest offers 2"),
+    (dict(labels=["gpu-a100"]), "no node has label gpu-a100"),
+    (dict(labels=["zone=us"]), "no node has label zone=us"),
+    (dict(memory="64G"), "no node has 64G of memory; the largest offers 8G"),
+    (dict(gpus=2), "no node has 2 gpus; the most any offers is 1"),
+    (dict(cpus=8, labels=["ssd"]), "no node has 8 cpus; the largest offers 2; no node has label ssd"),
+    (dict(cpus=2, gpus=1), "no single node offers all it asks for together (2 cpus, 1 gpus)"),
+])
+def test_unplaceable_says_why_from_what_the_live_nodes_offer(want, expect):
+    nodes = [offer("n1", cpus=2, memory="8G", labels=["zone=eu"]), offer("n2", cpus=1, memory="2G", gpus=1)]
+    got = placement.unplaceable(TaskSpec.parse({"command": ["x"], **want}), nodes)
+    assert got == expect
+
+
+def test_unplaceable_is_none_when_a_node_fits_or_none_is_known():
+    nodes = [offer("n1", cpus=2), offer("n2", cpus=16, labels=["gpu"])]
+    assert placement.unplaceable(spec(cpus=16, labels=["gpu"]), nodes) is None
+    assert placement.unplaceable(spec(cpus=100), []) is None   # no node yet: nothing to judge from
+
+
+def test_the_unplaceable_reason_is_written_only_when_it_changes_and_cleared_when_a_node_fits():
+    why = "no node has 100 cpus; the largest offers 2"
+    changed, reason = transitions.explain_unplaceable(None, why)
+    assert changed and reason == "no node can run it: no node has 100 cpus; the largest offers 2"
+    assert transitions.explain_unplaceable(reason, why) == (False, reason)
+    assert transitions.explain_unplaceable(reason, why.replace("2", "4")) == (True, reason.replace("2", "4"))
+    assert transitions.explain_unplaceable(reason, None) == (True, None)
+    assert transitions.explain_unplaceable(None, None) == (False, None)   # nothing of ours to clear
+    assert transitions.explain_unplaceable("retrying: exit code 1", None) == (False, "retrying: exit code 1")
+    marked = rec(cpus=100).model_copy(update={"reason": reason})
+    assert transitions.start_attempt(marked, "n9", time.time()).reason is None

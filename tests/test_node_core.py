@@ -8,7 +8,7 @@ from hypothesis import given, settings, strategies as st
 
 from shoal.exec.result import AttemptResult
 from shoal.logic.clock import TestClock
-from shoal.model import TaskRecord, TaskSpec, TaskState
+from shoal.model import EndedBy, TaskRecord, TaskSpec, TaskState
 from shoal.model.keys import Keys
 from shoal.node.core import (WAKE, ArmTimer, AttemptEnded, CancelRequested, DelayClaims, DrainRequested,
                              KillAttempt, LeaseLost, NodeState, QueueChanged, Registered, RetryStep, Step,
@@ -264,7 +264,7 @@ def test_a_completion_whose_compare_lost_is_recomputed_from_the_current_record()
     assert [c.read_rev for c in again.completions] == [555]
     redone = again.completions[0].record
     assert redone.state == TaskState.cancelled and redone.reason == "cancelled while running"
-    assert redone.attempts[-1].reason == "killed"
+    assert redone.attempts[-1].reason == "killed" and redone.attempts[-1].ended_by == EndedBy.cancelled
     h.commit(again)
     assert not h.core.held and h.core.completed_total == 1
 
@@ -331,6 +331,35 @@ def test_drain_stops_claiming_and_releases_held_tasks_without_using_retries():
     h.end("t00", exit_code=None, reason="node n1 shut down")
     rec = h.step().completions[0].record
     assert rec.state == TaskState.queued and rec.released == 1 and rec.attempt - rec.released == 0
+
+
+def test_each_attempt_records_what_ended_it():
+    h = Harness(slots=5, cpus=5.0)
+    h.queue(*ids("t", 5))
+    h.commit(h.step())
+    t = h.clock.time()
+    results = {
+        "t00": AttemptResult(0, None, t, t, 0.0, 0),
+        "t01": AttemptResult(3, None, t, t, 0.0, 0),
+        "t02": AttemptResult(None, 9, t, t, 0.0, 0, reason="killed for exceeding its memory limit"),
+        "t03": AttemptResult(None, 15, t, t, 0.0, 0, reason="timed out after 1s", timed_out=True),
+        "t04": AttemptResult.not_run(t, "cwd: /nope does not exist on node n1"),
+    }
+    for tid, res in results.items():
+        h.handle(AttemptEnded(tid, 1, res))
+    ended = {c.record.id: c.record.last.ended_by for c in h.step().completions}
+    assert ended == {"t00": EndedBy.exit, "t01": EndedBy.exit, "t02": EndedBy.signal, "t03": EndedBy.timeout,
+                     "t04": EndedBy.not_started}
+
+
+def test_a_drained_attempt_is_recorded_as_released():
+    h = Harness()
+    h.queue("t00")
+    h.commit(h.step())
+    h.handle(DrainRequested(1.0))
+    h.end("t00", exit_code=None, reason="node n1 shut down")
+    rec = h.step().completions[0].record
+    assert rec.state == TaskState.queued and rec.last.ended_by == EndedBy.released
 
 
 def test_a_released_completion_whose_compare_lost_is_released_again():
@@ -440,3 +469,28 @@ def test_the_test_clock_moves_only_when_told():
     assert (clock.time(), clock.monotonic()) == (102.5, 7.5)
     clock.set(50.0)                         # the wall clock may jump back; monotonic time does not
     assert (clock.time(), clock.monotonic()) == (50.0, 7.5)
+
+
+# -- etcd out of reach ---------------------------------------------------------------------------
+
+def test_an_etcd_outage_is_said_at_once_then_every_30s_and_its_end_too():
+    from shoal.node.outage import EtcdOutage
+    o = EtcdOutage("etcd at e:1")
+    assert o.observe(100.0, None) == (None, False)
+    assert o.observe(101.0, 99.0, "connection refused") == ("etcd at e:1 is unreachable: connection refused; retrying",
+                                                            False)
+    assert o.observe(120.0, 99.0, "connection refused") == (None, False)
+    assert o.observe(131.0, 99.0) == ("etcd at e:1 has been unreachable for 32s; still retrying", False)
+    assert o.observe(150.0, 99.0) == (None, False)
+    assert o.observe(10_000.0, 99.0)[1] is False   # no limit: it never gives up
+    assert o.observe(10_001.0, None) == ("etcd at e:1 answers again after 9902s", False)
+    assert o.observe(10_002.0, None) == (None, False)
+
+
+def test_an_etcd_outage_past_the_limit_says_exit():
+    from shoal.node.outage import EtcdOutage
+    o = EtcdOutage("etcd at e:1", exit_after_s=60)
+    assert o.observe(101.0, 100.0, "refused") == ("etcd at e:1 is unreachable: refused; retrying", False)
+    assert o.observe(159.0, 100.0) == ("etcd at e:1 has been unreachable for 59s; still retrying", False)
+    assert o.observe(160.0, 100.0, "refused") == (
+        "etcd at e:1 has been unreachable for 60s; exiting (--etcd-gone-exit 60)", True)

@@ -120,14 +120,15 @@ async def test_requeue_leaves_a_live_attempt_alone(store):
     assert got.state == TaskState.running
 
 
-async def test_lost_node_with_no_retries_left_fails_the_task(store):
+async def test_lost_node_past_the_node_loss_limit_fails_the_task(store):
     recs = records(1)
     await store.tasks.submit(recs)
     lease = await store.kv.grant_lease(10)
     await claim(store, "n1", lease, recs)
     await store.kv.revoke_lease(lease)
-    new = await store.tasks.requeue_lost(recs[0].id, "n1")
+    new = await store.tasks.requeue_lost(recs[0].id, "n1", limit=0)
     assert new.state == TaskState.failed and "node n1 was lost" in new.reason
+    assert "node_loss_retries: 0" in new.reason
 
 
 async def test_the_store_stamps_transitions_with_its_clock(etcd):
@@ -141,7 +142,7 @@ async def test_the_store_stamps_transitions_with_its_clock(etcd):
         await claim(store, "n1", lease, recs[:1])
         await store.kv.revoke_lease(lease)
         clock.advance(7.5)
-        lost = await store.tasks.requeue_lost(recs[0].id, "n1")
+        lost = await store.tasks.requeue_lost(recs[0].id, "n1", limit=0)
         assert lost.finished_at == lost.attempts[-1].finished_at == 2_000_000_007.5
         cancelled = await store.tasks.cancel(recs[1].id)
         assert cancelled.finished_at == 2_000_000_007.5

@@ -58,8 +58,9 @@ async def release_result(request: Request, task_id: str, local: bool = False, fo
     ref = rec.result_ref or {}
     if not ref:
         return {"released": False}
-    if rec.dependents and not force and not local:
-        waiting, _ = await node.store.tasks.get_task_values(rec.dependents)
+    dependents = await node.store.dag.dependents(task_id) if not force and not local else []
+    if dependents:
+        waiting, _ = await node.store.tasks.get_task_values(dependents)
         if any(orjson.loads(v)["state"] not in _FINAL_NAMES for v in waiting.values()):
             return {"released": False, "reason": "a dependent task that has not ended still needs it"}
     if ref.get("node") == node.s.node_id:

@@ -14,6 +14,7 @@ import typer
 from ..errors import InvalidSpec
 from ..cluster.local import LocalCluster
 from ..model.sizes import format_size, parse_size
+from ..model.task import DEFAULT_NODE_LOSS_RETRIES
 from ..settings import NodeSettings, StoreSettings, shoal_home
 from .output import NODE_COLUMNS, Output, console, fitted_table, print_json
 from .common import client_for
@@ -36,10 +37,18 @@ def register(app: typer.Typer) -> None:
     def up(nodes: int = typer.Option(1, "--nodes", "-n", min=1, help="How many nodes to start."),
            home: Optional[Path] = typer.Option(None, help="State directory [default: $SHOAL_HOME or ~/.shoal]."),
            lease_ttl: int = typer.Option(5, help="Node lease TTL in seconds."),
+           node_loss_retries: int = typer.Option(
+               DEFAULT_NODE_LOSS_RETRIES, min=0, help="How often a task is requeued after its node is lost, "
+               "for tasks that do not set their own (does not use up `retries`)."),
+           etcd_gone_exit: float = typer.Option(
+               60.0, min=0, help="Nodes exit once their etcd has been unreachable this many seconds (0 = never)."),
            output: Output = typer.Option(Output.table, "--output", "-o")):
         """Start a local cluster (etcd + N nodes) in the background and return once it is
         ready. Running it again while the cluster runs changes nothing."""
-        cluster = LocalCluster(home or shoal_home(), nodes=nodes, lease_ttl_s=lease_ttl)
+        node_args = ["--node-loss-retries", str(node_loss_retries)]
+        if etcd_gone_exit > 0:
+            node_args += ["--etcd-gone-exit", f"{etcd_gone_exit:g}"]
+        cluster = LocalCluster(home or shoal_home(), nodes=nodes, lease_ttl_s=lease_ttl, node_args=node_args)
         before = cluster.running()
         st = cluster.up()
         if output == Output.json:
@@ -79,6 +88,12 @@ def register(app: typer.Typer) -> None:
              lease_ttl: int = typer.Option(5, min=1, help="Lease TTL in seconds."),
              retention: str = typer.Option("7d", help="How long finished tasks are kept (e.g. 1h, 7d; 0 = forever)."),
              max_retries: int = typer.Option(10, min=0, help="Cap on a task's retries."),
+             node_loss_retries: int = typer.Option(
+                 DEFAULT_NODE_LOSS_RETRIES, min=0, help="How often a task is requeued after its node is lost, "
+                 "for tasks that do not set their own (does not use up `retries`)."),
+             etcd_gone_exit: Optional[float] = typer.Option(
+                 None, min=0, help="Exit once etcd has been unreachable this many seconds "
+                                   "[default: keep retrying; `shoal up` sets 60]."),
              prefix: str = typer.Option("/shoal/", help="etcd key prefix."),
              verbose: bool = typer.Option(False, "--verbose", "-v")):
         """Run a node in the foreground: join the etcd cluster, serve the HTTP API, claim
@@ -107,7 +122,8 @@ def register(app: typer.Typer) -> None:
             node_id=name or "", home=home or shoal_home(), cpus=n_cpus, memory_bytes=mem,
             disk_bytes=disk_b, gpus=gpus, slots=slots or max(1, math.ceil(n_cpus)),
             labels=[x.strip() for x in labels.split(",") if x.strip()], machine_type=machine_type,
-            api_host=api_host, api_port=api_port, lease_ttl_s=lease_ttl, max_retries=max_retries)
+            api_host=api_host, api_port=api_port, lease_ttl_s=lease_ttl, max_retries=max_retries,
+            node_loss_retries=node_loss_retries, etcd_gone_exit_s=etcd_gone_exit or None)
         store = StoreSettings(endpoints=[e.strip() for e in etcd.split(",") if e.strip()], prefix=prefix,
                               retention_s=_duration_s(retention, "--retention"))
         asyncio.run(serve_node(settings, store))

@@ -32,17 +32,18 @@ def register(root: typer.Typer) -> None:
     root.add_typer(app, name="flow")
 
 
-def _print_problems(file: Path, problems: list[str]) -> None:
-    err_console.print(f"{file}: {len(problems)} problem(s); nothing was started", highlight=False)
+def _print_problems(file: Path, problems: list[str], running: bool = True) -> None:
+    err_console.print(f"{file}: {len(problems)} problem(s)" + ("; nothing was started" if running else ""),
+                      highlight=False)
     for p in problems:
         print(f"  {p}", file=sys.stderr)
 
 
-def _load(file: Path):
+def _load(file: Path, running: bool = True):
     try:
         return load_flow(str(file))
     except InvalidSpec as e:
-        _print_problems(file, e.problems)
+        _print_problems(file, e.problems, running)
         raise typer.Exit(2) from None
 
 
@@ -98,7 +99,7 @@ def validate(file: Path = typer.Argument(..., exists=True, dir_okay=False, help=
             print(f"{st['name']} ×{st['parallelism']}: {st['feed']}; {st['work']}"
                   + (f"; write {st['write']}" if st["write"] else ""))
         if problems:
-            _print_problems(file, problems)
+            _print_problems(file, problems, running=False)
         else:
             print(f"{spec.name}: ok, {len(plan.stages)} stages, {plan.instances} instances")
     if problems:

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from typing import List, Optional
 
 import typer
 
-from ..errors import InvalidSpec, LogIncomplete
+from ..errors import InvalidSpec, LogIncomplete, UnplaceableWarning
 from ..model import TaskState
 from .common import client_for
 from .output import Output, console, err_console, exit_text, print_json, rss_text, state_text, tasks_table, ago
@@ -16,7 +17,7 @@ OUTPUT = typer.Option(Output.table, "--output", "-o", help="table or json.")
 
 
 def spec_fields(env: list[str], cwd, stdin, cpus, memory, disk, gpus, label, priority, retries,
-                backoff, timeout, name, team, job, after) -> dict:
+                node_loss_retries, backoff, timeout, name, team, job, after) -> dict:
     """TaskSpec fields from CLI options (only those given, so defaults stay the server's)."""
     fields: dict = {}
     if env:
@@ -29,8 +30,8 @@ def spec_fields(env: list[str], cwd, stdin, cpus, memory, disk, gpus, label, pri
             pairs[k] = v
         fields["env"] = pairs
     for key, value in dict(cwd=cwd, stdin=stdin, cpus=cpus, memory=memory, disk=disk, gpus=gpus,
-                           priority=priority, retries=retries, backoff=backoff, timeout=timeout,
-                           name=name, team=team, job=job).items():
+                           priority=priority, retries=retries, node_loss_retries=node_loss_retries,
+                           backoff=backoff, timeout=timeout, name=name, team=team, job=job).items():
         if value is not None:
             fields[key] = value
     if label:
@@ -58,6 +59,9 @@ def task_options(f):
         "label": (List[str], typer.Option([], "--label", "-l", help="Label the node must have (key or key=value), repeatable.")),
         "priority": (Optional[int], typer.Option(None, help="-999..999, higher runs first [default: 0].")),
         "retries": (Optional[int], typer.Option(None, help="Times to retry a failed attempt [default: 0].")),
+        "node_loss_retries": (Optional[int], typer.Option(
+            None, help="Times to run it again after its node died or lost the cluster (these do not use up "
+                       "--retries) [default: the cluster's, 3].")),
         "backoff": (Optional[float], typer.Option(None, help="Seconds before the first retry, doubling [default: 1].")),
         "timeout": (Optional[float], typer.Option(None, help="Seconds before an attempt is killed.")),
         "name": (Optional[str], typer.Option(None, help="A name to find it by.")),
@@ -97,7 +101,11 @@ def register(app: typer.Typer) -> None:
         """
         cmd = command[0] if len(command) == 1 else list(command)
         with client_for(address, embedded=wait) as c:
-            rec = c.submit(cmd, **spec)
+            with warnings.catch_warnings(record=True) as caught:   # accepted, but no node fits it
+                warnings.simplefilter("always", UnplaceableWarning)
+                rec = c.submit(cmd, **spec)
+            for w in (w for w in caught if w.category is UnplaceableWarning):
+                err_console.print(f"Warning: {w.message}", style="yellow", markup=False, highlight=False)
             if not wait:
                 if output == Output.json:
                     print_json(rec.summary())

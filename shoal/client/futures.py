@@ -70,7 +70,8 @@ class Future:
 
     def result(self, timeout: float | None = None) -> Any:
         """The function's return value; raises TaskFailed (with the remote exception's
-        type, message and traceback) if it failed."""
+        type, message and traceback) if it failed. When this process has the remote
+        exception's class, the error is an instance of it too: `except ValueError` works."""
         rec = self.record(timeout)
         if is_inline(rec):   # no round trip, and nothing on a node to free later
             self.client.note_final(rec)

@@ -222,7 +222,9 @@ class FlowDriver:
             for i in range(st.parallelism):
                 specs[(st.name, i)] = TaskSpec.parse({
                     "command": instance_argv(self.run, attempt, st.name, i), "cpus": s.cpus, "memory": s.memory,
-                    "labels": s.labels, "slots": 0, "retries": 0, "name": f"{self.run}/{st.name}[{i}]",
+                    "labels": s.labels, "slots": 0, "retries": 0,
+                    # a lost instance is the driver's to handle: it restarts the attempt (`restarts:`)
+                    "node_loss_retries": 0, "name": f"{self.run}/{st.name}[{i}]",
                     "job": self.run, "env": env})
         return specs
 

@@ -94,7 +94,8 @@ def parse_flow(text: str, base_dir: str = ".", name: str | None = None) -> tuple
     data = plain(doc)
     if name and "name" not in data:
         data["name"] = name
-    for st in data.get("stages") or []:
+    stages = data.get("stages")
+    for st in stages if isinstance(stages, list) else []:  # not a list: the model says so
         if isinstance(st, dict):
             for field in ("read", "write"):
                 if field in st:

@@ -1,12 +1,65 @@
-"""DAG decisions: a new task's state from its dependencies' states, what a finished
-dependency does to a waiting dependent, which dependents a cascade moves, and cycle
-checks. Pure; the store reads the records and commits."""
+"""DAG decisions: a new task's state from its dependencies' states, recording its edges in
+chunks, what an ended dependency does to a waiting dependent, how much of a cascade goes
+in the ending transaction, and cycle checks. Pure; the store reads and commits.
+
+The edges live apart from the task records: `deps/<dependency>/<dependent>` per edge,
+and `waits/<dependent>` (a `Wait`) while a dependent waits. So a task may depend on
+10,000 others, or have 10,000 dependents, without any record growing, and an ended
+dependency touches only small keys until a dependent settles (is queued or fails)."""
 from __future__ import annotations
+
+from dataclasses import dataclass, replace
 
 from ..model import TaskRecord, TaskState
 
 DONE_OK = frozenset({TaskState.succeeded})
 DONE_BAD = frozenset({TaskState.failed, TaskState.cancelled, TaskState.upstream_failed})
+
+# Edges consumed in the transaction that ends a task (the rest, through a marker, in
+# chunks): each edge costs up to 5 ops and 3 compares, and etcd takes 128 ops a
+# transaction by default.
+INLINE_EDGES = 16
+# Edges consumed by one transaction of a marker's chunked cascade.
+CHUNK_EDGES = 24
+# Dependencies recorded by one transaction of a submit (a compare and a put each).
+REGISTER_CHUNK = 100
+# Bytes of settled records one cascade transaction may put (etcd takes 1.5 MiB a request).
+CASCADE_BYTES = 512 * 1024
+
+
+@dataclass(frozen=True)
+class Wait:
+    """A waiting task's counters, kept in `waits/<task>`, apart from its record."""
+    left: int            # dependencies not yet counted off (recorded or not)
+    recorded: int        # how many of its dependencies (in order, once each) are recorded
+    total: int
+    allow_failed: bool = False
+
+    def as_dict(self) -> dict:
+        return {"left": self.left, "recorded": self.recorded, "total": self.total,
+                "allow_failed": self.allow_failed}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Wait":
+        return cls(int(d["left"]), int(d["recorded"]), int(d["total"]), bool(d.get("allow_failed")))
+
+
+@dataclass(frozen=True)
+class Move:
+    """Where a waiting task stands after some of its dependencies were counted off:
+    still `waiting` (with `wait`), or settled: `queued`, or `upstream_failed` (`reason`)."""
+    state: TaskState
+    wait: Wait | None = None
+    reason: str | None = None
+
+    @property
+    def settled(self) -> bool:
+        return self.state != TaskState.waiting
+
+
+def dependencies(spec_depends_on: list[str]) -> list[str]:
+    """A task's dependencies, once each, in the order given: the order they are recorded."""
+    return list(dict.fromkeys(spec_depends_on))
 
 
 def initial_state(deps: dict[str, TaskState], allow_failed: bool) -> tuple[TaskState, int, str | None]:
@@ -18,46 +71,65 @@ def initial_state(deps: dict[str, TaskState], allow_failed: bool) -> tuple[TaskS
     return (TaskState.waiting if left else TaskState.queued), left, None
 
 
-def dependency_finished(dependent: TaskRecord, dep_id: str, dep_state: TaskState,
-                        now: float) -> TaskRecord:
-    """A dependency of a waiting task ended: count it off; queue the task when none is
-    left, or fail it upstream when a dependency failed (unless failures are allowed)."""
-    if dependent.state != TaskState.waiting:
-        return dependent
-    if dep_state in DONE_BAD and not dependent.spec.allow_failed_deps:
-        return dependent.model_copy(update={
-            "state": TaskState.upstream_failed, "finished_at": now, "deps_left": 0,
-            "reason": f"dependency {dep_id} ended {dep_state.value}"})
-    left = max(0, dependent.deps_left - 1)
-    update = {"deps_left": left}
-    if left == 0:
-        update["state"] = TaskState.queued
-    return dependent.model_copy(update=update)
+def count_off(wait: Wait, dep_id: str, dep_state: TaskState | None) -> Move:
+    """One dependency of a waiting task ended in `dep_state` (None: it is gone)."""
+    if dep_state is None or (dep_state in DONE_BAD and not wait.allow_failed):
+        how = "is gone" if dep_state is None else f"ended {dep_state.value}"
+        return Move(TaskState.upstream_failed, reason=f"dependency {dep_id} {how}")
+    left = max(0, wait.left - 1)
+    if left == 0 and wait.recorded >= wait.total:
+        return Move(TaskState.queued)
+    return Move(TaskState.waiting, replace(wait, left=left))
 
 
-def cascades(record: TaskRecord) -> bool:
-    """Whether a task's record moves its dependents: it ended, and something waits on it."""
-    return record.is_final and bool(record.dependents)
+def record_chunk(wait: Wait, chunk: list[str], states: dict[str, TaskState]) -> tuple[Move, list[str]]:
+    """Record the next dependencies of a waiting task (`chunk`, with their states just
+    read; one missing from `states` is gone): the ended ones are counted off now, the
+    others get an edge. Returns the task's move and the dependencies to put edges for."""
+    wait = replace(wait, recorded=wait.recorded + len(chunk))
+    edges: list[str] = []
+    for d in chunk:
+        state = states.get(d)
+        if state is not None and state not in DONE_OK and state not in DONE_BAD:
+            edges.append(d)
+            continue
+        move = count_off(wait, d, state)
+        if move.settled:     # failed upstream (no edge needed), or the last one counted off
+            return move, [] if move.state == TaskState.upstream_failed else edges
+        wait = move.wait
+    return Move(TaskState.waiting, wait), edges
 
 
-def dependents_to_read(frontier: list[TaskRecord], seen: set[str]) -> list[str]:
-    """The dependents of the tasks in `frontier` not already moved (`seen`), once each."""
-    return list(dict.fromkeys(d for f in frontier for d in f.dependents if d not in seen))
+def consume(edges: list[tuple[str, TaskState, str]], waits: dict[str, Wait | None]
+            ) -> dict[str, Move]:
+    """Consume ended dependencies' edges, in order: (dependency, its end state,
+    dependent). `waits` holds each dependent's counters as read (None: it no longer
+    waits: cancelled, failed, or gone; its edge is consumed with no change). Returns the
+    moves of the dependents that change; one reached by several edges folds them in turn."""
+    moves: dict[str, Move] = {}
+    for dep, state, d in edges:
+        move = moves.get(d)
+        if move is not None and move.settled:
+            continue
+        wait = move.wait if move is not None else waits.get(d)
+        if wait is None:
+            continue
+        moves[d] = count_off(wait, dep, state)
+    return moves
 
 
-def cascade_wave(frontier: list[TaskRecord], current: dict[str, TaskRecord],
-                 now: float) -> dict[str, TaskRecord]:
-    """One wave of a cascade: the tasks in `frontier` just ended; return the new records
-    of those of their dependents that change. `current` holds the dependents as read (one
-    missing from it is gone and left alone); a dependent of several frontier tasks counts
-    each of them off in turn. The next wave starts from the changed ones that `cascades`."""
-    updated: dict[str, TaskRecord] = {}
-    for f in frontier:
-        for d in f.dependents:
-            if d not in current:
-                continue
-            updated[d] = dependency_finished(updated.get(d) or current[d], f.id, f.state, now)
-    return {d: new for d, new in updated.items() if new != current[d]}
+def settle(record: TaskRecord, move: Move, now: float) -> TaskRecord:
+    """The record of a waiting task its move settles: queued, or failed upstream."""
+    if move.state == TaskState.queued:
+        return record.model_copy(update={"state": TaskState.queued, "deps_left": 0})
+    return record.model_copy(update={"state": TaskState.upstream_failed, "finished_at": now,
+                                     "deps_left": 0, "reason": move.reason})
+
+
+def inline(edges: int, budget: int = INLINE_EDGES) -> bool:
+    """Whether a task's `edges` are consumed in the transaction that ends it (few), or
+    through a marker in chunks (many)."""
+    return edges <= budget
 
 
 def find_cycle(edges: dict[str, list[str]]) -> list[str] | None:

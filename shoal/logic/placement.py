@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..model import TaskSpec
+from ..model import NodeInfo, TaskSpec
+from ..model.sizes import format_size
 
 
 @dataclass(frozen=True)
@@ -73,3 +74,45 @@ def claim_delay_s(running: int, slots: int, base_s: float = 0.004) -> float:
     if slots <= 0:
         return base_s
     return base_s * min(running, slots) / slots
+
+
+def unplaceable(spec: TaskSpec, nodes: list[NodeInfo]) -> str | None:
+    """Why no live node could ever run `spec`, judged from what each node offers in all
+    (not what is free now), or None when one could. No nodes at all says nothing: one may
+    be starting. Each want no node meets is named with the most any node offers; if every
+    want is met by some node but no node meets them all, that is said instead."""
+    if not nodes:
+        return None
+    whole = [(n, Capacity(n.cpus, n.memory, n.gpus, n.slots, n.disk)) for n in nodes]
+    if any(fits(spec, cap, n.labels) for n, cap in whole):
+        return None
+    most = max(nodes, key=lambda n: n.cpus).cpus
+    problems = []
+    if all(spec.cpus > n.cpus + 1e-9 for n in nodes):
+        problems.append(f"no node has {spec.cpus:g} cpus; the largest offers {most:g}")
+    if spec.memory and all(spec.memory > n.memory for n in nodes):
+        problems.append(f"no node has {format_size(spec.memory)} of memory; the largest offers "
+                        f"{format_size(max(n.memory for n in nodes))}")
+    if spec.gpus and all(spec.gpus > n.gpus for n in nodes):
+        problems.append(f"no node has {spec.gpus} gpus; the most any offers is {max(n.gpus for n in nodes)}")
+    if spec.disk and all(n.disk and spec.disk > n.disk for n in nodes):
+        problems.append(f"no node has {format_size(spec.disk)} of disk; the largest offers "
+                        f"{format_size(max(n.disk for n in nodes))}")
+    for label in spec.labels:
+        if not any(has_labels([label], n.labels) for n in nodes):
+            problems.append(f"no node has label {label}")
+    if problems:
+        return "; ".join(problems)
+    return "no single node offers all it asks for together (" + _wants(spec) + ")"
+
+
+def _wants(spec: TaskSpec) -> str:
+    wants = [f"{spec.cpus:g} cpus"]
+    if spec.memory:
+        wants.append(f"{format_size(spec.memory)} of memory")
+    if spec.gpus:
+        wants.append(f"{spec.gpus} gpus")
+    if spec.disk:
+        wants.append(f"{format_size(spec.disk)} of disk")
+    wants += [f"label {label}" for label in spec.labels]
+    return ", ".join(wants)

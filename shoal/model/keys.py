@@ -46,6 +46,30 @@ class Keys:
     def cancels_for(self, node: str) -> bytes:
         return self._k("cancel", node, "")
 
+    def edge(self, dependency: str, dependent: str) -> bytes:
+        """A DAG edge: `dependent` waits on `dependency` (deleted or marked consumed once
+        the dependency's end is counted off)."""
+        return self._k("deps", dependency, dependent)
+
+    def edges_of(self, dependency: str) -> bytes:
+        return self._k("deps", dependency, "")
+
+    def waits(self, task_id: str) -> bytes:
+        """A waiting task's counters (dependencies left, recorded), apart from its record."""
+        return self._k("waits", task_id)
+
+    @property
+    def all_waits(self) -> bytes:
+        return self._k("waits", "")
+
+    def cascade(self, task_id: str) -> bytes:
+        """Marker: the task ended and some of its dependents are not moved on yet."""
+        return self._k("cascades", task_id)
+
+    @property
+    def cascades(self) -> bytes:
+        return self._k("cascades", "")
+
     def node(self, node: str) -> bytes:
         return self._k("nodes", node)
 

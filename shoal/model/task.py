@@ -14,6 +14,7 @@ from ..errors import Problems, describe_validation
 from .sizes import parse_size
 
 DEFAULT_MAX_RETRIES = 10
+DEFAULT_NODE_LOSS_RETRIES = 3   # requeues after a node loss, unless the task or cluster says otherwise
 MAX_INPUT_BYTES = 32 * 1024   # inline stdin: a node claims and ends many records in one etcd transaction
 
 
@@ -65,7 +66,10 @@ class TaskSpec(BaseModel):
     labels: list[str] = Field(default_factory=list,
                               description="labels the node must have: 'key' or 'key=value'")
     priority: int = Field(0, ge=-999, le=999, description="higher runs first")
-    retries: int = Field(0, ge=0)
+    retries: int = Field(0, ge=0, description="runs again after the command fails (exit, signal, timeout)")
+    node_loss_retries: int | None = Field(
+        None, ge=0, description="runs again after its node is lost, its lease expires or its attempt is "
+                                "fenced; these do not use up `retries` [default: the cluster's, 3]")
     backoff: Seconds = Field(1.0, ge=0, description="seconds before retry n is (backoff * 2**(n-1))")
     timeout: Seconds | None = Field(None, gt=0, description="seconds; the attempt is killed after")
     name: str | None = Field(None, max_length=256)
@@ -143,9 +147,10 @@ class TaskSpec(BaseModel):
         except ValidationError as e:
             problems.extend("", describe_validation(e, forms=_EXPECTED, fields=cls.model_fields, whole="task"))
         # the cap is this cluster's, so it is checked here rather than by the model
-        retries = spec.retries if spec is not None else data.get("retries") if isinstance(data, dict) else None
-        if isinstance(retries, int) and retries > max_retries:
-            problems.add("retries", f"{retries} is above this cluster's cap of {max_retries}")
+        for name in ("retries", "node_loss_retries"):
+            value = getattr(spec, name) if spec is not None else data.get(name) if isinstance(data, dict) else None
+            if isinstance(value, int) and value > max_retries:
+                problems.add(name, f"{value} is above this cluster's cap of {max_retries}")
         problems.raise_if_any()
         return spec
 
@@ -159,7 +164,21 @@ _EXPECTED = {
     "gpus": "a whole number, 0 or more",
     "priority": "a whole number from -999 to 999",
     "retries": "a whole number, 0 or more",
+    "node_loss_retries": "a whole number, 0 or more",
 }
+
+
+class EndedBy(str, enum.Enum):
+    """Why an attempt ended: its own doing (exit, signal, timeout), the user's (cancelled),
+    or the cluster's (the rest), which never uses up the task's `retries`."""
+    exit = "exit"                  # the process exited
+    signal = "signal"              # killed by a signal (a memory limit, an outside kill)
+    timeout = "timeout"            # killed at its timeout
+    cancelled = "cancelled"        # a user cancelled it
+    not_started = "not_started"    # it could not be started (a missing cwd, a full disk)
+    node_lost = "node_lost"        # its node died: the node's lease expired
+    lease_lost = "lease_lost"      # its node lost its lease and fenced it, then came back
+    released = "released"          # its node handed it back (shutting down, or a claim it lost track of)
 
 
 class Attempt(BaseModel):
@@ -176,6 +195,7 @@ class Attempt(BaseModel):
     cpu_s: float | None = None
     max_rss_bytes: int | None = None
     reason: str | None = None
+    ended_by: EndedBy | None = None
 
 
 class TaskRecord(BaseModel):
@@ -188,8 +208,10 @@ class TaskRecord(BaseModel):
     submitted_at: float
     attempt: int = 0                       # number of the current (or last) attempt
     released: int = 0                      # attempts handed back by nodes shutting down (not counted)
-    deps_left: int = 0                     # waiting: dependencies not yet ended
-    dependents: list[str] = Field(default_factory=list)  # tasks waiting on this one
+    node_losses: int = 0                   # attempts lost with their node or lease (node_loss_retries)
+    deps_left: int = 0                     # waiting: dependencies not yet ended, as of submit
+    # (the live count is in waits/<id>, and the tasks waiting on this one are the keys
+    # deps/<id>/<dependent>: neither grows this record, see logic/dag.py)
     # function tasks: the return value (small ones inline, base64 of a pickle; big ones
     # stay on the node that made them), or the exception it raised
     result: str | None = None

@@ -16,7 +16,7 @@ from typing import Iterator, NamedTuple
 
 from ..exec.result import AttemptResult
 from ..logic import placement, transitions
-from ..model import Attempt, TaskRecord, TaskState
+from ..model import Attempt, EndedBy, TaskRecord, TaskState
 from ..model.keys import Keys
 from ..settings import NodeSettings
 from ..store.tasks import Claim, Completion, StepResult
@@ -424,7 +424,7 @@ class NodeState:
                           state=TaskState.succeeded if ok else TaskState.failed,
                           started_at=res.started_at, finished_at=res.finished_at,
                           exit_code=res.exit_code, signal=res.signal, cpu_s=res.cpu_s,
-                          max_rss_bytes=res.max_rss_bytes, reason=res.reason)
+                          max_rss_bytes=res.max_rss_bytes, reason=res.reason, ended_by=ended_by(res))
         took = max(0.0, res.finished_at - res.started_at)
         self.avg_runtime_s = took if self.avg_runtime_s is None else 0.9 * self.avg_runtime_s + 0.1 * took
         output = {f: getattr(res, f) for f in OUTPUT_FIELDS}
@@ -500,3 +500,15 @@ class NodeState:
         for tid, create_rev in ev.keys:
             if tid not in self.held and create_rev <= self.last_rev:
                 out.append(ReleaseOrphan(tid, create_rev))
+
+
+def ended_by(res: AttemptResult) -> EndedBy:
+    """How an attempt ended, from what its process did (a cancel or a release is marked
+    by the transition that knows of it)."""
+    if res.timed_out:
+        return EndedBy.timeout
+    if res.signal is not None:
+        return EndedBy.signal
+    if res.exit_code is None:
+        return EndedBy.cancelled if res.reason == "cancelled" else EndedBy.not_started
+    return EndedBy.exit

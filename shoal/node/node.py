@@ -18,11 +18,13 @@ from ..exec.guard import Guard
 from ..exec.pyworkers import WorkerPool
 from ..flows.coordinator import watch_runs
 from ..logic.clock import SYSTEM_CLOCK, Clock
-from ..logic.placement import Capacity
-from ..model import NodeInfo
+from ..logic.placement import Capacity, unplaceable
+from ..model import NodeInfo, TaskSpec
 from ..settings import NodeSettings, StoreSettings
 from ..store import Store
+from ..errors import StoreUnavailable
 from .feed import TaskFeed
+from .outage import EtcdOutage
 from .progress import ProgressPublisher
 from .reaper import Reaper
 from .roles import Roles
@@ -64,14 +66,20 @@ class Node:
         self.scheduler.base_env.update(SHOAL_ETCD=",".join(store_settings.endpoints),
                                        SHOAL_PREFIX=store_settings.prefix, SHOAL_DATA_HOST=settings.api_host,
                                        SHOAL_PYTHON=sys.executable)
-        self.reaper = Reaper(self.store, settings.node_id)
+        self.reaper = Reaper(self.store, settings.node_id, node_loss_retries=settings.node_loss_retries)
         self.roles = Roles(self.store, settings.node_id, lambda: self.lease)
         self.roles.add("reaper", self.reaper.serve)
         self.feed = TaskFeed(self.store)
         self.lease = 0
         self.api_url = api_url
         self.started_at = clock.time()
+        self._offers: tuple[float, list[NodeInfo]] | None = None   # (when read, the live nodes)
         self._stop = asyncio.Event()
+        # etcd out of reach: since when (monotonic; None while it answers), the last error,
+        # and why the node gave up on it (then it exits with that message)
+        self._etcd_down_since: float | None = None
+        self._etcd_error = ""
+        self._gave_up: str | None = None
 
     # -- identity -------------------------------------------------------------------
 
@@ -90,6 +98,29 @@ class Node:
         self.scheduler.registered(self.lease)
         await self.store.nodes.put_node(self.info(), self.lease)
         self.roles.lease_changed()
+
+    async def unplaceable_warnings(self, specs: list[TaskSpec]) -> list[str]:
+        """A warning for each kind of task among `specs` that no live node could ever run
+        (the task is accepted and stays queued: a node that fits may join later). The live
+        nodes are read at most once a second, so a stream of submits costs etcd little."""
+        now = self.clock.monotonic()
+        if self._offers is None or now - self._offers[0] > 1.0:
+            self._offers = (now, await self.store.nodes.nodes())
+        nodes = self._offers[1]
+        why: dict[tuple, str | None] = {}
+        found: dict[str, list[int]] = {}
+        for i, spec in enumerate(specs):
+            shape = (spec.cpus, spec.memory, spec.gpus, spec.disk, spec.slots, tuple(spec.labels))
+            if shape not in why:
+                why[shape] = unplaceable(spec, nodes)
+            if why[shape] is not None:
+                found.setdefault(why[shape], []).append(i)
+        out = []
+        for reason, where in found.items():
+            who = ("it" if len(specs) == 1 else f"tasks[{where[0]}]" if len(where) == 1
+                   else f"{len(where)} tasks (tasks[{where[0]}], ...)")
+            out.append(f"no live node can run {who}: {reason}; queued until a node that fits joins")
+        return out
 
     @property
     def is_reaper(self) -> bool:
@@ -123,6 +154,7 @@ class Node:
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._keepalive())
+                tg.create_task(self._watch_etcd())
                 tg.create_task(self.scheduler.watch_queue())
                 tg.create_task(self.scheduler.watch_cancels())
                 tg.create_task(self.scheduler.run())
@@ -157,6 +189,8 @@ class Node:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 with contextlib.suppress(RuntimeError, ValueError):
                     loop.remove_signal_handler(sig)
+        if self._gave_up:
+            raise StoreUnavailable(f"node {self.s.node_id}: {self._gave_up}")
 
     def stop(self) -> None:
         self._stop.set()
@@ -176,10 +210,12 @@ class Node:
                 ttl = await asyncio.wait_for(self.store.kv.keepalive(self.lease), timeout=period * 2)
                 if ttl > 0:
                     last_ok = clock.monotonic()
+                    self._etcd_answers()
                     await asyncio.wait_for(self.store.nodes.put_node(self.info(), self.lease), timeout=period * 2)
                     continue
                 log.warning("lease %x expired", self.lease)
             except Exception as e:
+                self._etcd_failed(last_ok, e)
                 if clock.monotonic() - last_ok < self.s.lease_ttl_s:
                     log.info("keepalive failed (%s); retrying", e)
                     continue
@@ -189,11 +225,41 @@ class Node:
                 try:
                     await self._register()
                     last_ok = clock.monotonic()
+                    self._etcd_answers()
                     log.warning("registered again with lease %x", self.lease)
                     break
                 except Exception as e:
+                    self._etcd_failed(last_ok, e)
                     log.info("cannot register yet (%s)", e)
                     await asyncio.sleep(0.5)
+
+    def _etcd_answers(self) -> None:
+        self._etcd_down_since, self._etcd_error = None, ""
+
+    def _etcd_failed(self, last_ok: float, error: Exception) -> None:
+        if self._etcd_down_since is None:
+            self._etcd_down_since = last_ok
+        # the store's own words name etcd again: what it met underneath says more
+        cause = error.__cause__ or error.__context__ or error
+        self._etcd_error = f"{type(cause).__name__}: {cause}"[:300]
+
+    async def _watch_etcd(self) -> None:
+        """Say when etcd is out of reach and for how long; past --etcd-gone-exit, fence
+        everything and stop the node (it then exits with the reason)."""
+        outage = EtcdOutage(f"etcd at {', '.join(self.store.kv.endpoints)}", self.s.etcd_gone_exit_s)
+        while True:
+            await asyncio.sleep(1.0)
+            line, leave = outage.observe(self.clock.monotonic(), self._etcd_down_since, self._etcd_error)
+            if line:
+                (log.error if leave else log.warning)("%s", line)
+            if leave:
+                self._gave_up = line
+                # the lease is surely gone: kill what runs here now, and drop the roles
+                # without resigning them (their keys went with the lease)
+                self.scheduler.lease_lost()
+                self.roles.lease_changed()
+                self._stop.set()
+                return
 
     async def _reconcile(self) -> None:
         ticks = 0

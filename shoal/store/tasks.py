@@ -6,16 +6,24 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from typing import Callable
+
+import orjson
 
 from ..errors import Conflict, InvalidSpec, NotFound, TooLarge
 from ..logic import dag, transitions
 from ..logic.clock import SYSTEM_CLOCK, Clock
-from ..model import TaskRecord, TaskState
+from ..model import EndedBy, TaskRecord, TaskState
+from ..model.task import DEFAULT_NODE_LOSS_RETRIES
 from ..model.keys import Keys
-from .dag import DagStore
+from .dag import DagStore, created_since
 from .kv import KV, Etcd, cmp, delete_op, get_op, prefix_end, put_op, sub_txn
 from .nodes import NodeStore
 from .records import MAX_REQUEST_BYTES, MAX_VALUE_BYTES, decode, encode, put_record_ops, read_records
+
+
+# ends of tasks with dependents committed together (each edge they consume costs ops)
+ENDS_PER_CASCADE = 8
 
 
 @dataclass(frozen=True)
@@ -41,6 +49,8 @@ class StepResult:
     # when a completion lost its compare: the current task record (or None if gone)
     current: dict[str, tuple[TaskRecord | None, int]] = field(default_factory=dict)
     claimed: list[bool] = field(default_factory=list)
+    # the revision that committed each completion (its own transaction when it had dependents)
+    completed_rev: dict[str, int] = field(default_factory=dict)
 
 
 class TaskStore:
@@ -66,8 +76,10 @@ class TaskStore:
 
     async def submit(self, records: list[TaskRecord]) -> list[TaskRecord]:
         """Write new tasks; return them as written. Each is put only if its id is new, so
-        a retried submit cannot reset a task a node already claimed. A task with
-        dependencies goes in through submit_dependent, in order, after the ones before it."""
+        a retried submit cannot reset a task a node already claimed: an id that exists
+        with the same spec answers with the task that is there (the retry of a request
+        that had landed), with another spec it is a Conflict. A task with dependencies
+        goes in through submit_dependent, in order, after the ones before it."""
         if any(r.spec.depends_on for r in records):
             # all or none: every dependency outside the batch must exist before any is written
             mine = {r.id for r in records}
@@ -82,57 +94,56 @@ class TaskStore:
                 out += [await self.submit_dependent(r)] if r.spec.depends_on else await self.submit([r])
             return out
         encoded = [(r, self.check_size(r)) for r in records]
-        batch, size = [], 0
+        written: dict[str, TaskRecord] = {}
+        batch: list[TaskRecord] = []
+        ops, size = [], 0
         for record, value in encoded + [(None, b"")]:
-            if record is None or len(batch) >= self.max_txn_ops or size + 2 * len(value) > MAX_VALUE_BYTES:
-                if batch:
-                    await self.kv.txn([], batch)
-                batch, size = [], 0
+            if record is None or len(ops) >= self.max_txn_ops or size + 2 * len(value) > MAX_VALUE_BYTES:
+                if ops:
+                    resp = await self.kv.txn([], ops)
+                    for r, sub in zip(batch, resp.responses):
+                        if not sub.response_txn.succeeded:  # the id exists: what is there answers
+                            written[r.id] = self._same_task(r, sub.response_txn.responses[0].response_range.kvs)
+                batch, ops, size = [], [], 0
             if record is None:
                 break
-            batch.append(sub_txn([cmp(self.keys.task(record.id), "CREATE", 0)],
-                                 put_record_ops(self.keys, record, value)))
+            batch.append(record)
+            ops.append(sub_txn([cmp(self.keys.task(record.id), "CREATE", 0)],
+                               put_record_ops(self.keys, record, value), [get_op(self.keys.task(record.id))]))
             size += 2 * len(value)
-        return records
+        return [written.get(r.id, r) for r in records]
+
+    @staticmethod
+    def _same_task(record: TaskRecord, kvs) -> TaskRecord:
+        """The task already stored under `record`'s id, if it is the same task submitted
+        again; a Conflict naming the id if that id holds another spec."""
+        if not kvs:  # deleted between the compare and the read: cannot happen inside one txn
+            raise Conflict(f"task {record.id}: its id is taken; submit it again with a new id")
+        existing = decode(kvs[0].value)
+        if existing.spec.model_dump(mode="json") != record.spec.model_dump(mode="json"):
+            raise Conflict(f"id {record.id}: a task with another spec has this id (a client must "
+                           "give each new task a new id; resending one names the same task)")
+        return existing
 
     async def submit_dependent(self, record: TaskRecord) -> TaskRecord:
-        """Write a task that depends on others, in one transaction with its dependencies'
-        records (each gains it as a dependent), checking none of them moved meanwhile.
-        Its state follows from theirs: queued, waiting, or upstream_failed at once."""
-        deps = list(dict.fromkeys(record.spec.depends_on))
-        for _ in range(50):
-            current = await self.get_many(deps)
-            missing = [d for d in deps if d not in current]
-            if missing:
-                raise InvalidSpec([f"depends_on: no task {m!r} (unknown id, or past its retention)"
-                                   for m in missing])
-            states = {d: rec.state for d, (rec, _) in current.items()}
-            state, left, reason = dag.initial_state(states, record.spec.allow_failed_deps)
-            new = record.model_copy(update={"state": state, "deps_left": left, "reason": reason,
-                                            "finished_at": record.submitted_at if state.value == "upstream_failed" else None})
-            value = self.check_size(new)
-            compares = [cmp(self.keys.task(new.id), "CREATE", 0)]
-            lease = await self.kv.retention_lease() if new.is_final else 0
-            ops = put_record_ops(self.keys, new, value, lease)
-            if new.state == TaskState.waiting:
-                for d, (rec, rev) in current.items():
-                    if not rec.is_final:
-                        compares.append(cmp(self.keys.task(d), "MOD", rev))
-                        ops += put_record_ops(self.keys, rec.model_copy(
-                            update={"dependents": [*rec.dependents, new.id]}))
-            size = sum(op.request_put.ByteSize() for op in ops)
-            if size > MAX_REQUEST_BYTES - 64 * 1024:
-                raise TooLarge(
-                    f"task {new.spec.name or new.id}: it depends on {len(deps)} tasks that have not ended, "
-                    f"and recording that takes a {size:,}-byte etcd request (at most {MAX_REQUEST_BYTES:,}). "
-                    "Fan in through intermediate tasks (e.g. sum groups of 100, then the groups)")
-            resp = await self.kv.txn(compares, ops)
-            if resp.succeeded:
-                return new
-            existing = await self.get_many([new.id])
+        """Write a task that depends on others. Its dependencies are recorded as edges a
+        chunk a transaction (store/dag.py), none of their records rewritten, so it may
+        depend on 10,000 tasks that have not ended. Its state follows from theirs: queued,
+        waiting, or upstream_failed at once. A retried submit of an id that is there
+        finishes recording what a first one left half done."""
+        new = await self.dag.create(record, self.check_size)
+        if new is None:  # the id is there: this task sent again, or another spec (a Conflict)
+            existing, _, _ = await self.kv.range(self.keys.task(record.id))
             if existing:
-                return existing[new.id][0]  # a retried request that had landed
-        raise Conflict(f"task {record.id}: its dependencies kept changing; try again")
+                self._same_task(record, existing)
+        if new is None or len(set(record.spec.depends_on)) > dag.REGISTER_CHUNK:
+            await self.dag.record_rest(record.id)
+        if new is not None and new.state != TaskState.waiting:
+            return new
+        try:
+            return (await self.get_task(record.id))[0]
+        except NotFound:
+            raise Conflict(f"task {record.id}: its dependencies kept changing; try again") from None
 
     async def get_many(self, ids: list[str]) -> dict[str, tuple[TaskRecord, int]]:
         """Records and mod revisions of `ids`, read together (one txn per 128)."""
@@ -193,28 +204,18 @@ class TaskStore:
     async def step(self, node_id: str, lease: int, completions: list[Completion],
                    claims: list[Claim]) -> StepResult:
         """One transaction: each completion and each claim is a nested transaction with
-        its own compare, so one lost race does not undo the rest."""
+        its own compare, so one lost race does not undo the rest. A task that ends is
+        taken to have no dependents (a compare checks it); one that has some is completed
+        again right after, in a transaction of its own that moves them too."""
         k = self.keys
         ops = []
         retention = await self.kv.retention_lease() if any(c.record.is_final for c in completions) else 0
-        touched: set[str] = set()
         for c in completions:
             rec = c.record
-            running = k.running(node_id, rec.id)
-            compares = [cmp(running, "CREATE", c.attempt_rev), cmp(k.task(rec.id), "MOD", c.read_rev)]
-            success = [delete_op(running), delete_op(k.cancel(node_id, rec.id)),
-                       *put_record_ops(self.keys, rec, lease=retention if rec.is_final else 0)]
-            if rec.is_final and rec.dependents:
-                # a DAG edge: its dependents move on in this very transaction, so no
-                # promotion is lost if this node dies right after
-                more = await self.dag.cascade(rec, touched)
-                if more is None:  # shares a dependent with an earlier completion here
-                    compares = [cmp(k.task(rec.id), "CREATE", -1)]  # cannot hold: next step
-                else:
-                    compares += more[0]
-                    success += more[1]
-                    touched |= more[2]
-            ops.append(sub_txn(compares, success, [get_op(k.task(rec.id)), get_op(running)]))
+            compares, success = self._completion(node_id, c, retention)
+            if rec.is_final:
+                compares.append(created_since(k.edges_of(rec.id), 0))   # nothing depends on it
+            ops.append(sub_txn(compares, success, [get_op(k.task(rec.id)), get_op(k.running(node_id, rec.id))]))
         for c in claims:
             ops.append(sub_txn(
                 [cmp(c.queue_key, "MOD", c.queued_rev), cmp(k.task(c.task_id), "MOD", c.queued_rev)],
@@ -225,20 +226,77 @@ class TaskStore:
             return result
         resp = await self.kv.txn([], ops)
         result.revision = resp.header.revision
+        with_dependents = []
         for c, r in zip(completions, resp.responses[:len(completions)]):
             ok = r.response_txn.succeeded
             result.completed.append(ok)
-            if not ok:
-                task_kvs = r.response_txn.responses[0].response_range.kvs
-                run_kvs = r.response_txn.responses[1].response_range.kvs
-                if run_kvs and run_kvs[0].create_revision == c.attempt_rev and task_kvs:
-                    # the task record moved (a cancel request, a new dependent) or a
-                    # dependent did: recompute from what is there now and retry
+            if ok:
+                result.completed_rev[c.record.id] = resp.header.revision
+                continue
+            task_kvs = r.response_txn.responses[0].response_range.kvs
+            run_kvs = r.response_txn.responses[1].response_range.kvs
+            if run_kvs and run_kvs[0].create_revision == c.attempt_rev and task_kvs:
+                if task_kvs[0].mod_revision == c.read_rev:
+                    with_dependents.append(len(result.completed) - 1)   # only the edges compare failed
+                else:
+                    # the task record moved (a cancel request): recompute from what is there now
+                    result.current[c.record.id] = (decode(task_kvs[0].value), task_kvs[0].mod_revision)
+            else:
+                result.current[c.record.id] = (None, 0)  # fenced: the attempt is stale
+        result.claimed = [r.response_txn.succeeded for r in resp.responses[len(completions):]]
+        # several at once: a wide fan-in ends many tasks with the same dependent
+        for at in range(0, len(with_dependents), ENDS_PER_CASCADE):
+            await self._complete_with_dependents(node_id, completions, with_dependents[at:at + ENDS_PER_CASCADE],
+                                                 retention, result)
+        return result
+
+    def _completion(self, node_id: str, c: Completion, retention: int) -> tuple[list, list]:
+        """The compares and ops that commit the end of an attempt (without its dependents)."""
+        k, rec = self.keys, c.record
+        running = k.running(node_id, rec.id)
+        compares = [cmp(running, "CREATE", c.attempt_rev), cmp(k.task(rec.id), "MOD", c.read_rev)]
+        success = [delete_op(running), delete_op(k.cancel(node_id, rec.id)),
+                   *put_record_ops(self.keys, rec, lease=retention if rec.is_final else 0)]
+        return compares, success
+
+    async def _complete_with_dependents(self, node_id: str, completions: list[Completion], todo: list[int],
+                                        retention: int, result: StepResult) -> None:
+        """Commit the ends of tasks that others depend on, in one transaction that moves
+        their dependents too (or leaves a marker for many); record the outcomes in
+        `result`. One whose record moved or whose attempt was fenced is reported as such;
+        when a dependent moved meanwhile, the rest are tried again."""
+        k = self.keys
+        for _ in range(20):
+            if not todo:
+                return
+            compares, success, failure = [], [], []
+            for i in todo:
+                c = completions[i]
+                more = self._completion(node_id, c, retention)
+                compares += more[0]
+                success += more[1]
+                failure += [get_op(k.task(c.record.id)), get_op(k.running(node_id, c.record.id))]
+            more_cmp, more_ops, _ = await self.dag.cascade(*(completions[i].record for i in todo))
+            resp = await self.kv.txn(compares + more_cmp, success + more_ops, failure)
+            if resp.succeeded:
+                for i in todo:
+                    result.completed[i] = True
+                    result.completed_rev[completions[i].record.id] = resp.header.revision
+                return
+            still = []
+            for n, i in enumerate(todo):
+                c = completions[i]
+                task_kvs = resp.responses[2 * n].response_range.kvs
+                run_kvs = resp.responses[2 * n + 1].response_range.kvs
+                if not (run_kvs and run_kvs[0].create_revision == c.attempt_rev and task_kvs):
+                    result.current[c.record.id] = (None, 0)   # fenced
+                elif task_kvs[0].mod_revision != c.read_rev:
                     result.current[c.record.id] = (decode(task_kvs[0].value), task_kvs[0].mod_revision)
                 else:
-                    result.current[c.record.id] = (None, 0)  # fenced: the attempt is stale
-        result.claimed = [r.response_txn.succeeded for r in resp.responses[len(completions):]]
-        return result
+                    still.append(i)   # a dependent moved meanwhile, or a new one came: again
+            todo = still
+        for i in todo:   # the node tries again next step
+            result.current[completions[i].record.id] = (completions[i].record, completions[i].read_rev)
 
     async def delete_tasks(self, ids: list[str]) -> None:
         """Remove task records (a deleted job). Running ones keep their running key until
@@ -247,7 +305,8 @@ class TaskStore:
             recs = await self.get_many(ids[i:i + 64])
             ops = []
             for tid, (rec, _) in recs.items():
-                ops += [delete_op(self.keys.task(tid)), delete_op(self.keys.queue(rec.spec.priority, tid))]
+                ops += [delete_op(self.keys.task(tid)), delete_op(self.keys.queue(rec.spec.priority, tid)),
+                        delete_op(self.keys.waits(tid)), delete_op(self.keys.cascade(tid))]
             if ops:
                 await self.kv.txn([], ops)
 
@@ -278,7 +337,8 @@ class TaskStore:
                 lease = await self.kv.retention_lease()
                 compares, ops, _ = await self.dag.cascade(new)
                 resp = await self.kv.txn([cmp(k.task(task_id), "MOD", rev), *compares], [
-                    delete_op(k.queue(rec.spec.priority, task_id)), put_op(k.task(task_id), encode(new), lease), *ops])
+                    delete_op(k.queue(rec.spec.priority, task_id)), delete_op(k.waits(task_id)),
+                    put_op(k.task(task_id), encode(new), lease), *ops])
             elif unstarted_only:
                 node = await self.nodes.node(rec.node or "")
                 if node is None or rec.cancel_requested:
@@ -309,9 +369,15 @@ class TaskStore:
                 return False
         return sum(await asyncio.gather(*(one(t) for t in ids)))
 
-    async def requeue_lost(self, task_id: str, node_id: str) -> TaskRecord | None:
-        """The reaper's move for a task whose node died: if its current attempt is still
-        the one on `node_id` and that node's running key is gone, retry it or fail it."""
+    async def requeue_lost(self, task_id: str, node_id: str, limit: int = DEFAULT_NODE_LOSS_RETRIES,
+                           ended_by: EndedBy = EndedBy.node_lost) -> TaskRecord | None:
+        """The reaper's move for a task whose node died (or lost its lease): if its current
+        attempt is still the one on `node_id` and that node's running key is gone, requeue
+        it or, past its node-loss limit (`limit` unless the task sets its own), fail it."""
+        return await self._end_lost(task_id, node_id, lambda rec, now: transitions.node_lost(
+            rec, node_id, now, limit, ended_by))
+
+    async def _end_lost(self, task_id: str, node_id: str, decide) -> TaskRecord | None:
         k = self.keys
         for _ in range(20):
             try:
@@ -320,7 +386,7 @@ class TaskStore:
                 return None
             if rec.state != TaskState.running or rec.node != node_id:
                 return None
-            new = transitions.node_lost(rec, node_id, self.clock.time())
+            new = decide(rec, self.clock.time())
             lease = await self.kv.retention_lease() if new.is_final else 0
             ops = [*put_record_ops(k, new, lease=lease), delete_op(k.cancel(node_id, task_id))]
             more_cmp, more_ops, _ = await self.dag.cascade(new)
@@ -335,11 +401,34 @@ class TaskStore:
         return None
 
     async def release_orphan(self, node_id: str, task_id: str, attempt_rev: int) -> None:
-        """Drop a running key its node does not know it holds, and requeue the task."""
+        """Drop a running key its node does not know it holds, and requeue the task (its
+        process never started, so this counts against neither limit)."""
         key = self.keys.running(node_id, task_id)
         resp = await self.kv.txn([cmp(key, "CREATE", attempt_rev)], [delete_op(key)])
         if resp.succeeded:
-            await self.requeue_lost(task_id, node_id)
+            await self._end_lost(task_id, node_id, lambda rec, now: transitions.release_orphan(rec, node_id, now))
+
+    async def explain_queued(self, why: Callable[[dict], str | None]) -> int:
+        """One pass over the queue: each queued task's reason says why no live node can run
+        it (`why(spec as JSON data)`, None when one can), or loses such a reason once one
+        can. Only a record whose reason changes is rewritten, and only if it has not moved
+        since it was read (a claim wins). Returns how many were rewritten."""
+        k, rewritten = self.keys, 0
+        start, stop = k.queues, prefix_end(k.queues)
+        while True:
+            kvs, more, _ = await self.kv.range(start, stop, limit=2000)
+            for kv in kvs:
+                data = orjson.loads(kv.value)   # a peek: most records are left as they are
+                changed, reason = transitions.explain_unplaceable(data.get("reason"), why(data["spec"]))
+                if not changed:
+                    continue
+                new = decode(kv.value).model_copy(update={"reason": reason})
+                resp = await self.kv.txn([cmp(kv.key, "MOD", kv.mod_revision), cmp(k.task(new.id), "MOD", kv.mod_revision)],
+                                         put_record_ops(k, new))
+                rewritten += resp.succeeded
+            if not more or not kvs:
+                return rewritten
+            start = kvs[-1].key + b"\0"
 
     async def tasks_in_state(self, state: str):
         """Every task record in `state`, oldest first, read in pages."""
