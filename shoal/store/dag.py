@@ -157,9 +157,9 @@ class DagStore:
         """Record the dependencies of a waiting task not recorded yet, a chunk a
         transaction. Safe to run twice at once, or after a crash between chunks: the
         progress is in waits/<id>, and each chunk compares it."""
-        record = None
+        record, states, reuse = None, {}, False
+        (wait, wrev), = (await self._waits([task_id])).values()
         while True:
-            (wait, wrev), = (await self._waits([task_id])).values()
             if wait is None or wait.recorded >= wait.total:
                 return
             if record is None:
@@ -168,7 +168,8 @@ class DagStore:
                     return
                 record = found[task_id][0]
             chunk = dag.dependencies(record.spec.depends_on)[wait.recorded:wait.recorded + dag.REGISTER_CHUNK]
-            states = await self.states(chunk)
+            if not reuse:
+                states = await self.states(chunk)
             move, edges = dag.record_chunk(wait, chunk, {d: s for d, (s, _) in states.items()})
             compares = [cmp(self.keys.waits(task_id), "MOD", wrev)]
             compares += [cmp(self.keys.task(d), "MOD", states[d][1]) for d in edges]
@@ -179,7 +180,19 @@ class DagStore:
                 ops += await self._settle_ops(task_id, current, move)
             else:
                 ops.append(put_op(self.keys.waits(task_id), _dumps(move.wait)))
-            await self.kv.txn(compares, ops)   # lost a race: read again and redo
+            resp = await self.kv.txn(compares, ops, [get_op(self.keys.waits(task_id))])
+            if resp.succeeded:
+                if move.settled:
+                    return
+                wait, wrev, reuse = move.wait, resp.header.revision, False
+                continue
+            # lost a race, most often to an end that counted one off the counter meanwhile:
+            # go again with the counter the failure read and the states already read; if
+            # it fails again, read the states too
+            kvs = resp.responses[0].response_range.kvs
+            seen = Wait.from_dict(orjson.loads(kvs[0].value)) if kvs else None
+            reuse = not reuse and seen is not None and seen.recorded == wait.recorded
+            wait, wrev = seen, kvs[0].mod_revision if kvs else 0
 
     async def record_all_rest(self) -> None:
         """Finish every recording left half done (its submitter died between chunks)."""
