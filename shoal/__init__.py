@@ -2,7 +2,7 @@
 __version__ = "0.1.0"
 
 from .errors import (ShoalError, InvalidSpec, NotFound, Conflict, TooLarge, StoreUnavailable, StoreFull,  # noqa: E402
-                     ClusterError, NodeUnreachable, TaskFailed, FlowFailed, FlowCancelled)
+                     ClusterError, NodeUnreachable, TaskFailed, FlowFailed, FlowCancelled, UnplaceableWarning)
 
 
 def connect(address: str | None = None, **kw):
@@ -25,9 +25,6 @@ def __getattr__(name: str):
     if name in ("Future", "as_completed", "gather"):
         from .client import futures
         return getattr(futures, name)
-    if name == "UnplaceableWarning":
-        from .client.aio import UnplaceableWarning
-        return UnplaceableWarning
     if name == "flow":
         from .flows.builder import flow
         return flow

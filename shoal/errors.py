@@ -34,6 +34,7 @@ An error crosses HTTP as `{"error": <class name>, "message": ..., <its fields>}`
 names the structured attributes a class carries, such as InvalidSpec's `problems`), and is
 rebuilt as the same class on the other side; the status codes live in `shoal.api.errors`.
 `RemoteTraceback` is no ShoalError: it carries a node's traceback text as a TaskFailed's cause.
+`UnplaceableWarning` is a warning, not an error: a task was accepted that no live node can run.
 """
 from __future__ import annotations
 
@@ -149,6 +150,11 @@ class TaskFailed(ShoalError):
                                  f"{task.reason_text()}")
         if self.remote_traceback:
             self.__cause__ = RemoteTraceback(self.remote_traceback)
+
+
+class UnplaceableWarning(UserWarning):
+    """A submitted task that no live node could ever run: it was accepted and stays
+    queued (a node that fits may join later)."""
 
 
 class RemoteTraceback(Exception):

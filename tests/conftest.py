@@ -6,8 +6,6 @@ pytest_plugins = ["pgserver"]
 
 import asyncio
 import contextlib
-import os
-import shutil
 import tempfile
 import time
 import uuid

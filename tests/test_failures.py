@@ -14,7 +14,7 @@ import psutil
 import pytest
 
 import shoal
-from shoal.client.aio import UnplaceableWarning
+from shoal import UnplaceableWarning
 from shoal.model import EndedBy, TaskState
 
 pytestmark = pytest.mark.cluster

@@ -8,6 +8,7 @@ from fastapi.responses import Response
 from .. import __version__
 from ..errors import InvalidSpec, Problems
 from ..model import TaskRecord, TaskSpec, TaskState, new_ids
+from ..model.ids import ID_FORM, is_task_id
 from . import errors as api_errors
 from .flows import router as flows_router
 from .logs import router as logs_router
@@ -26,34 +27,54 @@ def create_app(node) -> FastAPI:
     store = node.store
     api_errors.install(app)
 
-    def records_for(specs: list[dict], job: str | None, batch: bool = False) -> list[TaskRecord]:
+    def records_for(specs: list[dict], job: str | None, batch: bool = False,
+                    ids: list | None = None) -> list[TaskRecord]:
+        """Validated records; each takes its id from `ids` (chosen by the client, so that a
+        retried request names the same tasks) or a new one."""
         problems, parsed = Problems(), []
         for i, raw in enumerate(specs):
             try:
                 parsed.append(TaskSpec.parse(raw, node.s.max_retries))
             except InvalidSpec as e:
                 problems.extend(f"tasks[{i}]" if batch else "", e.problems)
+        field = "ids" if batch else "id"
+        if ids is not None:
+            if len(ids) != len(specs):
+                problems.add(field, f"{len(ids)} ids for {len(specs)} tasks (give one id per task, in order)")
+            first: dict[str, int] = {}
+            for i, tid in enumerate(ids):
+                at = f"{field}[{i}]" if batch else field
+                if not is_task_id(tid):
+                    problems.add(at, f"{tid!r} is not a task id ({ID_FORM})")
+                elif tid in first:
+                    problems.add(at, f"{tid!r} repeats {field}[{first[tid]}] (each task needs its own id)")
+                else:
+                    first[tid] = i
         problems.raise_if_any()
         now = node.clock.time()
-        ids = new_ids(len(parsed))
         return [TaskRecord(id=tid, spec=spec if job is None or spec.job else spec.model_copy(update={"job": job}),
-                           submitted_at=now) for tid, spec in zip(ids, parsed)]
+                           submitted_at=now) for tid, spec in zip(ids or new_ids(len(parsed)), parsed)]
 
     @app.post("/v1/tasks", status_code=201, tags=["tasks"],
               openapi_extra={"requestBody": {"content": {"application/json": {
                   "schema": TaskSpec.model_json_schema()}}, "required": True}})
-    async def submit(spec: dict = Body(...)):
-        """Submit one task. Returns its record (state queued)."""
-        records = await store.tasks.submit(records_for([spec], None))
+    async def submit(spec: dict = Body(...), id: str | None = None):
+        """Submit one task. Returns its record (state queued). With `id` (a task id the
+        client made) the submit is idempotent: sent again, it returns the task it made."""
+        records = await store.tasks.submit(records_for([spec], None, ids=None if id is None else [id]))
         warnings = await node.unplaceable_warnings([records[0].spec])
         return ojson({**records[0].summary(), "warnings": warnings}, 201)
 
     @app.post("/v1/tasks/batch", status_code=201, tags=["tasks"])
-    async def submit_batch(tasks: list[dict] = Body(..., embed=True), job: str | None = Body(None, embed=True)):
-        """Submit many tasks at once (validated together: all or none). Returns their ids in order."""
+    async def submit_batch(tasks: list[dict] = Body(..., embed=True), job: str | None = Body(None, embed=True),
+                           ids: list | None = Body(None, embed=True)):
+        """Submit many tasks at once (validated together: all or none). Returns their ids in
+        order. With `ids` (one per task, made by the client) the submit is idempotent: sent
+        again, it creates nothing and returns the same ids; an id already used for another
+        spec is a 409."""
         if not tasks:
             raise InvalidSpec(["tasks: empty (give at least one task)"])
-        records = await store.tasks.submit(records_for(tasks, job, batch=True))
+        records = await store.tasks.submit(records_for(tasks, job, batch=True, ids=ids))
         warnings = await node.unplaceable_warnings([r.spec for r in records])
         return ojson({"ids": [r.id for r in records], "job": job, "warnings": warnings}, 201)
 

@@ -35,10 +35,11 @@ async def logs(request: Request, task_id: str, stream: Literal["stdout", "stderr
     if not 1 <= n <= len(rec.attempts):
         raise InvalidSpec([f"attempt: {n} is out of range (the task has {len(rec.attempts)} attempts)"])
     holder = rec.attempts[n - 1].node
+    which = {"X-Shoal-Attempt": str(n)}  # a client resuming this stream elsewhere asks for the same attempt
     if holder == node.s.node_id:
         out, err = log_paths(node.s.log_dir, task_id, n)
         path = out if stream == "stdout" else err
-        return StreamingResponse(_read_file(node, task_id, path, follow, n), media_type="text/plain")
+        return StreamingResponse(_read_file(node, task_id, path, follow, n), media_type="text/plain", headers=which)
     if local:
         raise NotFound(f"attempt {n} of task {task_id} did not run on node {node.s.node_id}")
     other = await node.store.nodes.node(holder)
@@ -51,7 +52,7 @@ async def logs(request: Request, task_id: str, stream: Literal["stdout", "stderr
     except NodeUnreachable:  # dead, its lease not yet expired: serve what is left as if it were gone
         return _without_holder(node, rec, n, stream, holder, "does not answer")
     return StreamingResponse(relay.relay(client, resp), media_type="text/plain",
-                             headers={"X-Shoal-Log-Source": f"node {holder}"})
+                             headers={**which, "X-Shoal-Log-Source": f"node {holder}"})
 
 
 def _without_holder(node, rec, n: int, stream: str, holder: str, why: str) -> StreamingResponse:
@@ -63,13 +64,13 @@ def _without_holder(node, rec, n: int, stream: str, holder: str, why: str) -> St
     path = out if stream == "stdout" else err
     if path.is_file():
         return StreamingResponse(_read_file(node, rec.id, path, False, n), media_type="text/plain",
-                                 headers={"X-Shoal-Log-Source": f"{path} (node {holder} {why})"})
+                                 headers={"X-Shoal-Attempt": str(n), "X-Shoal-Log-Source": f"{path} (node {holder} {why})"})
     a = rec.attempts[n - 1]
     recorded = n == len(rec.attempts) and (a.exit_code is not None or a.signal is not None)
     tail = (rec.stdout_tail if stream == "stdout" else rec.stderr_tail) if recorded else ""
     total = (rec.stdout_bytes if stream == "stdout" else rec.stderr_bytes) if recorded else None
     body, kept, complete = kept_lines(tail, total)
-    headers = {"X-Shoal-Log-Source": f"the end kept in the task record (node {holder} {why})"}
+    headers = {"X-Shoal-Attempt": str(n), "X-Shoal-Log-Source": f"the end kept in the task record (node {holder} {why})"}
     if not complete:
         what = f"the {stream} of attempt {n} of task {rec.id}"
         headers["X-Shoal-Log-Kept"] = str(kept)

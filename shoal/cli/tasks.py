@@ -7,10 +7,9 @@ from typing import List, Optional
 
 import typer
 
-from ..errors import InvalidSpec, LogIncomplete
+from ..errors import InvalidSpec, LogIncomplete, UnplaceableWarning
 from ..model import TaskState
 from .common import client_for
-from ..client.aio import UnplaceableWarning
 from .output import Output, console, err_console, exit_text, print_json, rss_text, state_text, tasks_table, ago
 
 ADDRESS = typer.Option(None, "--address", envvar="SHOAL_ADDRESS", help="Any node's API URL.")

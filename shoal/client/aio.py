@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import codecs
 import collections
 import contextlib
 import os
@@ -10,17 +11,18 @@ import re
 import warnings
 import weakref
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, AsyncIterator, Iterable
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterable
 
 import anyio
 import httpx
 import orjson
 
 from .. import errors
-from ..errors import InvalidSpec, ShoalError
+from ..errors import InvalidSpec, ShoalError, UnplaceableWarning
 from ..logic.template import as_command, combine, fill
-from ..model import TaskRecord, TaskSpec
-from . import current
+from ..model import TaskRecord, TaskSpec, new_ids
+from . import current, failover
+from .failover import NodeDown, NodeRing
 from .results import inline_result, is_inline, load_result
 
 RELEASE_CONCURRENCY = 16   # result releases in flight at once when dropped futures are freed
@@ -58,37 +60,54 @@ def check_specs(rows: list[dict]) -> None:
                            f"tasks[{at[0]}] and {len(at) - 1} more: {p}" for p, at in seen.items()])
 
 
-class UnplaceableWarning(UserWarning):
-    """A submitted task that no live node could ever run: it was accepted and stays
-    queued (a node that fits may join later)."""
-
-
 def _warn(body: dict) -> None:
     for text in body.get("warnings") or ():
         warnings.warn(text, UnplaceableWarning, stacklevel=3)
 
 
 class AsyncClient:
-    """Talks to one node's API; any node answers for the whole cluster."""
+    """Talks to the cluster through any of its nodes: `address` is one node's API URL, or
+    several (a list, or comma separated). It learns the rest from the cluster, and when a
+    node stops answering it sends the request to another (submissions carry ids the
+    client chose, so a retried one never creates a task twice)."""
 
-    def __init__(self, address: str, timeout_s: float = 30.0):
-        self.address = address.rstrip("/")
+    def __init__(self, address: str | Iterable[str], timeout_s: float = 30.0):
+        self._ring = NodeRing(address)
         self.cluster_id: str | None = None  # learnt by open(); futures of another cluster are refused
         # plain http needs no certificate store (loading one costs ~50 ms per client)
         # retries=1: a kept-alive connection the node closed meanwhile is dialled again
-        self._http = httpx.AsyncClient(base_url=self.address, timeout=httpx.Timeout(timeout_s),
+        self._http = httpx.AsyncClient(timeout=httpx.Timeout(timeout_s),
                                        limits=httpx.Limits(max_connections=32),
                                        transport=httpx.AsyncHTTPTransport(
-                                           retries=1, verify=self.address.startswith("https:")))
+                                           retries=1, verify=any(a.startswith("https:") for a in self._ring.addresses)))
         self._future_refs: collections.Counter = collections.Counter()
         self._unreferenced: list[str] = []
         self._nothing_kept: set[str] = set()   # tracked tasks whose result lives in their record only
         self._entered: list = []  # tokens of the `async with` blocks that made this client current
 
+    @property
+    def address(self) -> str:
+        """The API address of the node this client talks to now."""
+        return self._ring.current
+
+    @property
+    def addresses(self) -> list[str]:
+        """Every node address this client knows, the one it uses now first."""
+        return list(self._ring.addresses)
+
     async def open(self) -> "AsyncClient":
-        """Check that the node answers and learn which cluster it belongs to."""
+        """Check that a node answers, learn which cluster it belongs to and its other nodes."""
         self.cluster_id = (await self.health()).get("cluster")
+        await self._learn_nodes()
         return self
+
+    async def _learn_nodes(self) -> None:
+        """Add the API addresses the cluster lists (GET /v1/nodes) to those known; best
+        effort, from the node in use: a failure here is not this request's failure."""
+        with contextlib.suppress(httpx.HTTPError, ValueError, KeyError, TypeError):
+            resp = await self._http.get(self.address + "/v1/nodes", timeout=5.0)
+            if resp.status_code == 200:
+                self._ring.learn(n["api"] for n in orjson.loads(resp.content)["nodes"] if n.get("api"))
 
     async def aclose(self) -> None:
         try:
@@ -111,26 +130,106 @@ class AsyncClient:
         without closing it at the end."""
         return current.using(self)
 
-    async def request_json(self, method: str, path: str, **kw) -> Any:
+    async def request_json(self, method: str, path: str, idempotent: bool | None = None, **kw) -> Any:
         """One request to the API; the decoded JSON body, or the ShoalError it stands for.
-        Keywords go to httpx (json=, params=, timeout=)."""
-        try:
-            resp = await self._http.request(method, path, **kw)
-        except httpx.TransportError as e:
-            raise errors.ClusterError(f"cannot reach shoal at {self.address} ({e}); "
-                                      "is a cluster running? (`shoal up`)") from None
+        Keywords go to httpx (json=, params=, timeout=). A node that does not answer (or
+        cannot reach etcd) is left for another; a request cut off mid-way is sent again
+        only if it is `idempotent` (by default: GET, PUT, DELETE)."""
+        resp = await self._send(method, path, idempotent, **kw)
         _raise_for(resp)
         return orjson.loads(resp.content)
 
+    async def _send(self, method: str, path: str, idempotent: bool | None = None, stream: bool = False,
+                    **kw) -> httpx.Response:
+        """Send to the node in use; on NodeDown move to the next one and send again, within
+        failover.attempts(). Which node answered is in resp.extensions["shoal_node"]."""
+        if idempotent is None:
+            idempotent = method.upper() in ("GET", "HEAD", "PUT", "DELETE")
+        tried: list[NodeDown] = []
+        resp = await failover.attempts(len(self._ring.addresses))(
+            self._send_to, method, path, idempotent, stream, tried, **kw)
+        if isinstance(resp, NodeDown):
+            raise self._unreachable(tried)
+        node = resp.extensions["shoal_node"]
+        self._ring.answered(node)
+        if tried:
+            await self._learn_nodes()  # the cluster may have changed: a node died, others joined
+        return resp
+
+    async def _send_to(self, method: str, path: str, idempotent: bool, stream: bool,
+                       tried: list[NodeDown], **kw) -> httpx.Response | NodeDown:
+        """One try on the node in use: its answer, or NodeDown (and the ring moved on)."""
+        node = self._ring.current
+        request = self._http.build_request(method, node + path, **kw)
+        try:
+            resp = await self._http.send(request, stream=stream)
+        except httpx.TransportError as e:
+            why = failover.node_failure(e, idempotent)
+            if why is None:
+                if isinstance(e, failover.CUT_OFF):
+                    raise errors.ClusterError(
+                        f"the node at {node} went away while handling {method} {path}; it may or may not "
+                        f"have been done, so it is not sent again ({type(e).__name__}: {e})") from None
+                raise errors.ClusterError(f"{method} {path} to shoal at {node}: {type(e).__name__}: {e}") from None
+            return self._node_down(node, why, tried)
+        if failover.unavailable(resp.status_code, idempotent):
+            await resp.aread()
+            await resp.aclose()
+            return self._node_down(node, f"HTTP 503: {resp.text[:300]}", tried)
+        resp.extensions["shoal_node"] = node
+        return resp
+
+    def _node_down(self, node: str, why: str, tried: list[NodeDown]) -> NodeDown:
+        down = NodeDown(node, why)
+        tried.append(down)
+        self._ring.failed(node)
+        return down
+
+    def _unreachable(self, tried: list[NodeDown]) -> errors.ClusterError:
+        """The error when no node answered: every address tried, with what it said."""
+        seen = {d.address: d.why for d in tried}  # the last word of each
+        if len(seen) == 1:
+            (node, why), = seen.items()
+            return errors.ClusterError(f"cannot reach shoal at {node} ({why}); is a cluster running? (`shoal up`)")
+        return errors.ClusterError("cannot reach shoal at any of " + "; ".join(f"{a} ({w})" for a, w in seen.items())
+                                   + "; is a cluster running? (`shoal up`)")
+
     @contextlib.asynccontextmanager
-    async def _stream(self, method: str, path: str, **kw) -> AsyncIterator[httpx.Response]:
+    async def _stream(self, method: str, path: str, idempotent: bool | None = True,
+                      **kw) -> AsyncIterator[httpx.Response]:
         """A streamed answer, its body not read yet (no read timeout: a stream may stay
         quiet for long), or the ShoalError it stands for. Keywords go to httpx."""
-        async with self._http.stream(method, path, timeout=httpx.Timeout(30.0, read=None), **kw) as resp:
+        resp = await self._send(method, path, idempotent, stream=True, timeout=httpx.Timeout(30.0, read=None), **kw)
+        try:
             if resp.status_code >= 400:
                 await resp.aread()
                 _raise_for(resp)
             yield resp
+        finally:
+            await resp.aclose()
+
+    async def _resumed(self, method: str, path: str, request: Callable[[], dict],
+                       read: Callable[[httpx.Response], AsyncIterator]) -> AsyncIterator:
+        """The items `read(resp)` gives of a streamed answer. When the node goes away
+        mid-stream, the request is made again on another node with the keywords
+        `request()` gives then (the caller narrows it to what it has not had yet)."""
+        idle = 0   # resumptions in a row that brought nothing
+        while True:
+            node = None
+            try:
+                async with self._stream(method, path, **request()) as resp:
+                    node = resp.extensions["shoal_node"]
+                    async for item in read(resp):
+                        idle = 0
+                        yield item
+                return
+            except failover.CUT_OFF as e:
+                if node is None:
+                    raise
+                idle += 1
+                down = self._node_down(node, f"connection lost mid-stream ({type(e).__name__})", [])
+                if idle > failover.ROUNDS * len(self._ring.addresses):
+                    raise self._unreachable([down]) from None
 
     @staticmethod
     def _spec(command: Any, fields: dict) -> dict:
@@ -145,7 +244,8 @@ class AsyncClient:
         TaskSpec field (env, cwd, stdin, cpus, memory, retries, timeout, name, ...)."""
         data = self._spec(command, fields)
         await self.release_unreferenced()
-        body = await self.request_json("POST", "/v1/tasks", json=data)
+        # the id is chosen here so that sending the request again names the same task
+        body = await self.request_json("POST", "/v1/tasks", idempotent=True, json=data, params={"id": new_ids(1)[0]})
         _warn(body)
         return TaskRecord.model_validate(body)
 
@@ -159,8 +259,7 @@ class AsyncClient:
         ids: list[str] = []
         for i in range(0, len(rows), chunk):
             try:
-                body = await self.request_json("POST", "/v1/tasks/batch",
-                                               json={"tasks": rows[i:i + chunk], "job": job})
+                body = await self._submit_chunk(rows[i:i + chunk], job)
             except InvalidSpec as e:  # the server counts within the chunk: name the index in `specs`
                 err = InvalidSpec([re.sub(r"^tasks\[(\d+)\]", lambda m: f"tasks[{i + int(m.group(1))}]", p)
                                    for p in e.problems]
@@ -171,6 +270,12 @@ class AsyncClient:
             _warn(body)
             ids.extend(body["ids"])
         return ids
+
+    async def _submit_chunk(self, rows: list[dict], job: str | None) -> dict:
+        """POST one batch with ids made here: sent again after a node failed mid-request,
+        it creates nothing new and answers with the same ids."""
+        return await self.request_json("POST", "/v1/tasks/batch", idempotent=True,
+                                       json={"tasks": rows, "job": job, "ids": new_ids(len(rows))})
 
     async def run_many(self, specs: list[dict], job: str | None = None, chunk: int = 250,
                        on_submitted=None, keep_submitting=None) -> AsyncIterator[TaskRecord]:
@@ -199,8 +304,7 @@ class AsyncClient:
                         pending -= len(specs) - i
                         results.put_nowait(None)
                         return
-                    body = await self.request_json("POST", "/v1/tasks/batch",
-                                                   json={"tasks": specs[i:i + chunk], "job": job})
+                    body = await self._submit_chunk(specs[i:i + chunk], job)
                     _warn(body)
                     if on_submitted:
                         on_submitted(body["ids"])
@@ -233,17 +337,28 @@ class AsyncClient:
         return [TaskRecord.model_validate(t) for t in body["tasks"]]
 
     async def as_finished(self, ids: list[str], timeout: float | None = None) -> AsyncIterator[TaskRecord]:
-        """Yield each task once it has ended, in the order they end (driven by etcd watches)."""
+        """Yield each task once it has ended, in the order they end (driven by etcd watches).
+        If the node streaming them goes away, another streams the ones not yielded yet."""
+        left = dict.fromkeys(ids)
+
+        async def records(resp: httpx.Response) -> AsyncIterator[TaskRecord]:
+            async for line in resp.aiter_lines():
+                if not line:
+                    continue
+                if line.startswith('{"id":') and '"error":' in line[:200]:
+                    d = orjson.loads(line)
+                    if set(d) == {"id", "error"}:
+                        raise errors.NotFound(f"no task {d['id']!r}")
+                rec = TaskRecord.model_validate_json(line)  # parsed in pydantic-core, no dict in between
+                if rec.id in left:
+                    del left[rec.id]
+                    yield rec
+
         with anyio.fail_after(timeout):
-            async with self._stream("POST", "/v1/wait", json={"ids": list(ids)}) as resp:
-                async for line in resp.aiter_lines():
-                    if not line:
-                        continue
-                    if line.startswith('{"id":') and '"error":' in line[:200]:
-                        d = orjson.loads(line)
-                        if set(d) == {"id", "error"}:
-                            raise errors.NotFound(f"no task {d['id']!r}")
-                    yield TaskRecord.model_validate_json(line)  # parsed in pydantic-core, no dict in between
+            async with contextlib.aclosing(self._resumed("POST", "/v1/wait", lambda: {"json": {"ids": list(left)}},
+                                                         records)) as finished:
+                async for rec in finished:
+                    yield rec
 
     async def wait(self, task: str | TaskRecord | list, timeout: float | None = None,
                    raise_on_failure: bool = False):
@@ -263,28 +378,83 @@ class AsyncClient:
 
     async def logs(self, task_id: str, stream: str = "stdout", follow: bool = False,
                    attempt: int | None = None) -> AsyncIterator[str]:
-        """The task's output as text chunks; with follow=True until the task ends. When the
-        node that ran the attempt is gone, what survives (the end, from the first whole
+        """The task's output as text chunks; with follow=True until the task ends. If the
+        node streaming it goes away, another goes on after the bytes already given. When
+        the node that ran the attempt is gone, what survives (the end, from the first whole
         line) is yielded, then LogIncomplete says how much of how much."""
         params = {"stream": stream, "follow": str(follow).lower()}
         if attempt:
             params["attempt"] = attempt
-        async with self._stream("GET", f"/v1/tasks/{task_id}/logs", params=params) as resp:
-            async for text in resp.aiter_text():
-                yield text
+        given = 0            # bytes yielded so far: a resumed stream skips them
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+        def request() -> dict:
+            if given and "attempt" not in params:
+                raise errors.ClusterError(f"the node streaming the log of {task_id} went away")
+            return {"params": params}
+
+        async def text(resp: httpx.Response) -> AsyncIterator[str]:
+            nonlocal given
+            if "attempt" not in params:  # resume the same attempt, whichever is latest then
+                source = resp.headers.get("X-Shoal-Attempt")
+                if source:
+                    params["attempt"] = int(source)
+            skip = given
+            async for chunk in resp.aiter_bytes():
+                if skip:
+                    chunk, skip = chunk[skip:], max(0, skip - len(chunk))
+                if chunk:
+                    given += len(chunk)
+                    if out := decoder.decode(chunk):
+                        yield out
+            if tail := decoder.decode(b"", final=True):
+                yield tail
             if lost := resp.headers.get("x-shoal-log-incomplete"):  # after what survives
                 total = resp.headers.get("x-shoal-log-total")
                 raise errors.LogIncomplete(lost, int(resp.headers["x-shoal-log-kept"]), total and int(total))
 
+        async with contextlib.aclosing(self._resumed("GET", f"/v1/tasks/{task_id}/logs", request, text)) as chunks:
+            async for chunk in chunks:
+                yield chunk
+
     async def events(self, job: str | None = None, task: str | None = None,
                      since: int | None = None, state: str | None = None) -> AsyncIterator[dict]:
         """Every task change (only of one job, one task, or into one state) from etcd
-        revision `since` (default: now) on: {"type": "hello" | "task" | "reset", ...}."""
-        params = {k: v for k, v in dict(job=job, task=task, since=since, state=state).items() if v is not None}
-        async with self._stream("GET", "/v1/events", params=params) as resp:
+        revision `since` (default: now) on: {"type": "hello" | "task" | "reset", ...}. If
+        the node streaming them goes away, another goes on from the last revision seen,
+        without repeating an event."""
+        params = {k: v for k, v in dict(job=job, task=task, state=state).items() if v is not None}
+        last = {"revision": since - 1 if since is not None else None, "ids": set()}  # ids seen at that revision
+        hello = [False]
+
+        def request() -> dict:
+            at = last["revision"]
+            return {"params": params if at is None else dict(params, since=at if last["ids"] else at + 1)}
+
+        async def read(resp: httpx.Response) -> AsyncIterator[dict]:
             async for line in resp.aiter_lines():
-                if line:
-                    yield orjson.loads(line)
+                if not line:
+                    continue
+                ev = orjson.loads(line)
+                kind, rev = ev.get("type"), ev.get("revision")
+                if kind == "hello":
+                    if hello[0]:
+                        continue  # a resumed stream: the caller had its hello
+                    hello[0] = True
+                    if last["revision"] is None:
+                        last["revision"] = rev
+                elif kind == "task" and rev is not None:
+                    tid = (ev.get("task") or {}).get("id")
+                    if rev == last["revision"] and tid in last["ids"]:
+                        continue  # given before the node went away
+                    if rev != last["revision"]:
+                        last["revision"], last["ids"] = rev, set()
+                    last["ids"].add(tid)
+                yield ev
+
+        async with contextlib.aclosing(self._resumed("GET", "/v1/events", request, read)) as events:
+            async for ev in events:
+                yield ev
 
     async def map(self, template: str, *sources: Iterable[str], wait: bool = True, job: str | None = None,
                   **fields) -> list[TaskRecord] | list[str]:

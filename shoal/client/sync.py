@@ -7,6 +7,7 @@ import functools
 import inspect
 import queue
 import threading
+import weakref
 
 from ..errors import ShoalError
 from . import current
@@ -18,19 +19,23 @@ class Client:
 
     def __init__(self, aclient_factory, on_close=None):
         from anyio.from_thread import start_blocking_portal
-        self._portal_cm = start_blocking_portal()
-        self._portal = self._portal_cm.__enter__()
-        self._on_close = on_close
+        portal_cm = start_blocking_portal()
+        self._portal = portal_cm.__enter__()
         self._entered: list = []  # tokens of the `with` blocks that made this client current
         try:
             self._async: AsyncClient = self._portal.call(aclient_factory)
+        except BaseException:
+            _shut(portal_cm, self._portal, None, on_close)
+            raise
+        # A client never closed is shut when the interpreter exits, while its loop thread
+        # still runs: left to the garbage collector at shutdown, stopping the portal would
+        # wait forever for that (daemon, by then frozen) thread.
+        self._shut = weakref.finalize(self, _shut, portal_cm, self._portal, self._async, on_close)
+        try:
             self._call(self._async.open)
         except BaseException:
-            if "_async" in self.__dict__:
-                with contextlib.suppress(Exception):
-                    self._portal.call(self._async.aclose)
-            self._portal_cm.__exit__(None, None, None)
             self._portal = None
+            self._shut()
             raise
 
     @property
@@ -122,10 +127,8 @@ class Client:
         try:
             self._call(self._async.aclose)  # frees the results of dropped futures first
         finally:
-            self._portal_cm.__exit__(None, None, None)
             self._portal = None
-            if self._on_close:
-                self._on_close()
+            self._shut()  # stops the loop thread, then on_close (an embedded cluster goes)
 
     def __enter__(self):
         """Make this client current: `@shoal.task` functions submit through it in the block."""
@@ -136,3 +139,17 @@ class Client:
         if self._entered:
             current.leave(self._entered.pop(), self)
         self.close()
+
+
+def _shut(portal_cm, portal, aclient: AsyncClient | None, on_close) -> None:
+    """Close `aclient` on its loop (its errors are not the closer's business), stop the
+    loop thread, then run on_close. Called once: by close(), or at interpreter exit."""
+    try:
+        if aclient is not None:
+            with contextlib.suppress(Exception):
+                portal.call(aclient.aclose)
+        with contextlib.suppress(RuntimeError):  # collected on the loop thread itself: it cannot wait for itself
+            portal_cm.__exit__(None, None, None)
+    finally:
+        if on_close:
+            on_close()

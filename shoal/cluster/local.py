@@ -65,26 +65,33 @@ class LocalCluster:
             return None
 
     def running(self) -> dict | None:
-        """The recorded cluster if its etcd and every node are alive, else None."""
+        """The recorded cluster if its etcd and at least one node are alive, else None: a
+        cluster that lost a node still runs (the others answer for it)."""
         st = self.state()
         if not st or not alive(st["etcd"]["pid"]):
             return None
-        if not st["nodes"] or not all(alive(n["pid"]) for n in st["nodes"]):
+        if not any(alive(n["pid"]) for n in st["nodes"]):
             return None
         return st
 
+    def addresses(self) -> list[str]:
+        """The API addresses of the recorded nodes that are alive, in the file's order."""
+        st = self.state() or {}
+        return [n["api"] for n in st.get("nodes", []) if alive(n["pid"])]
+
     @property
     def address(self) -> str:
-        st = self.state()
-        if not st:
-            raise ClusterError(f"no local cluster under {self.home}; start one with `shoal up`")
-        return st["nodes"][0]["api"]
+        live = self.addresses()
+        if not live:
+            raise ClusterError(f"no live local cluster under {self.home}; start one with `shoal up`")
+        return live[0]
 
     def up(self, timeout_s: float = 60.0) -> dict:
-        """Start etcd and the nodes unless they already run; return the cluster state."""
+        """Start etcd and the nodes unless they already run (nodes that died are started
+        again under their ids); return the cluster state."""
         st = self.running()
         if st is not None:
-            return st
+            return self._restart_dead_nodes(st, timeout_s)
         if self.state():
             self.down()  # a half-dead earlier cluster: clear it away first
         self.home.mkdir(parents=True, exist_ok=True)
@@ -109,6 +116,17 @@ class LocalCluster:
         except BaseException:
             self.down()
             raise
+        return st
+
+    def _restart_dead_nodes(self, st: dict, timeout_s: float) -> dict:
+        dead = [i for i, n in enumerate(st["nodes"]) if not alive(n["pid"])]
+        for i in dead:
+            st["nodes"][i] = self._start_node(st["etcd"]["url"], st["nodes"][i]["id"])
+            self._save(st)
+        until = time.monotonic() + timeout_s
+        for i in dead:
+            n = st["nodes"][i]
+            _wait_http(n["api"] + "/v1/health", until, n["pid"], f"node {n['id']}", Path(n["log"]))
         return st
 
     def _start_node(self, etcd_url: str, node_id: str, node_args: list[str] | None = None) -> dict:

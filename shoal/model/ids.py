@@ -3,6 +3,7 @@ so queue keys sort by submit time within a priority."""
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 
@@ -37,6 +38,15 @@ def new_ids(count: int, prefix: str = "t", now_ms: int | None = None) -> list[st
             ids.append(prefix + _b32(ms, 10) + _b32(_last[1], 4) + _b32(_node_bits, 4)[-4:])
             _last[1] += 1
     return ids
+
+
+ID_FORM = "t and 18 characters of 0-9 a-z without i l o u, as shoal.model.new_ids makes"
+_ID = re.compile(r"t[0-9a-hjkmnp-tv-z]{18}")
+
+
+def is_task_id(text: object) -> bool:
+    """Whether `text` has the form of an id new_ids makes (a client may choose its ids)."""
+    return isinstance(text, str) and _ID.fullmatch(text) is not None
 
 
 def new_task_id() -> str:

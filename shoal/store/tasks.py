@@ -76,8 +76,10 @@ class TaskStore:
 
     async def submit(self, records: list[TaskRecord]) -> list[TaskRecord]:
         """Write new tasks; return them as written. Each is put only if its id is new, so
-        a retried submit cannot reset a task a node already claimed. A task with
-        dependencies goes in through submit_dependent, in order, after the ones before it."""
+        a retried submit cannot reset a task a node already claimed: an id that exists
+        with the same spec answers with the task that is there (the retry of a request
+        that had landed), with another spec it is a Conflict. A task with dependencies
+        goes in through submit_dependent, in order, after the ones before it."""
         if any(r.spec.depends_on for r in records):
             # all or none: every dependency outside the batch must exist before any is written
             mine = {r.id for r in records}
@@ -92,18 +94,36 @@ class TaskStore:
                 out += [await self.submit_dependent(r)] if r.spec.depends_on else await self.submit([r])
             return out
         encoded = [(r, self.check_size(r)) for r in records]
-        batch, size = [], 0
+        written: dict[str, TaskRecord] = {}
+        batch: list[TaskRecord] = []
+        ops, size = [], 0
         for record, value in encoded + [(None, b"")]:
-            if record is None or len(batch) >= self.max_txn_ops or size + 2 * len(value) > MAX_VALUE_BYTES:
-                if batch:
-                    await self.kv.txn([], batch)
-                batch, size = [], 0
+            if record is None or len(ops) >= self.max_txn_ops or size + 2 * len(value) > MAX_VALUE_BYTES:
+                if ops:
+                    resp = await self.kv.txn([], ops)
+                    for r, sub in zip(batch, resp.responses):
+                        if not sub.response_txn.succeeded:  # the id exists: what is there answers
+                            written[r.id] = self._same_task(r, sub.response_txn.responses[0].response_range.kvs)
+                batch, ops, size = [], [], 0
             if record is None:
                 break
-            batch.append(sub_txn([cmp(self.keys.task(record.id), "CREATE", 0)],
-                                 put_record_ops(self.keys, record, value)))
+            batch.append(record)
+            ops.append(sub_txn([cmp(self.keys.task(record.id), "CREATE", 0)],
+                               put_record_ops(self.keys, record, value), [get_op(self.keys.task(record.id))]))
             size += 2 * len(value)
-        return records
+        return [written.get(r.id, r) for r in records]
+
+    @staticmethod
+    def _same_task(record: TaskRecord, kvs) -> TaskRecord:
+        """The task already stored under `record`'s id, if it is the same task submitted
+        again; a Conflict naming the id if that id holds another spec."""
+        if not kvs:  # deleted between the compare and the read: cannot happen inside one txn
+            raise Conflict(f"task {record.id}: its id is taken; submit it again with a new id")
+        existing = decode(kvs[0].value)
+        if existing.spec.model_dump(mode="json") != record.spec.model_dump(mode="json"):
+            raise Conflict(f"id {record.id}: a task with another spec has this id (a client must "
+                           "give each new task a new id; resending one names the same task)")
+        return existing
 
     async def submit_dependent(self, record: TaskRecord) -> TaskRecord:
         """Write a task that depends on others. Its dependencies are recorded as edges a
@@ -112,6 +132,10 @@ class TaskStore:
         waiting, or upstream_failed at once. A retried submit of an id that is there
         finishes recording what a first one left half done."""
         new = await self.dag.create(record, self.check_size)
+        if new is None:  # the id is there: this task sent again, or another spec (a Conflict)
+            existing, _, _ = await self.kv.range(self.keys.task(record.id))
+            if existing:
+                self._same_task(record, existing)
         if new is None or len(set(record.spec.depends_on)) > dag.REGISTER_CHUNK:
             await self.dag.record_rest(record.id)
         if new is not None and new.state != TaskState.waiting:
