@@ -6,7 +6,10 @@ most of them have not ended, shoal vs Dask distributed on this machine, same run
          fs = client.map(inc, range(N)); client.submit(total, *fs).result()
 
 Timed from the first submit to the sum back in this process; best of --repeat, after an
-untimed warm-up. The two run one after the other (shoal's cluster is gone before Dask's
+untimed warm-up. shoal's line also splits the time: when the last `inc` ended (ending
+tasks with a dependent), how long `total` then waited to start, and how long it ran
+(fetching its N arguments); and, run just before, when the same N `inc` ended with no
+dependent, so the cost of ending a task that has a dependent shows on its own. The two run one after the other (shoal's cluster is gone before Dask's
 starts). Also prints how long submitting `total` took: on shoal that is recording N edges.
 Peer: pip install -e '.[bench]'.
 
@@ -43,10 +46,17 @@ def run_shoal(n: int, repeat: int) -> tuple[float, float]:
     best = record = float("inf")
     try:
         api = cluster.up()["nodes"][0]["api"]
-        with shoal.connect(api):
+        with shoal.connect(api) as c:
             assert total.submit(*inc.map(range(20))).result(timeout=120) == sum(range(1, 21))   # warm-up
+            # futures dropped mid-run release their results meanwhile: keep them all to the end
+            keep: list = []
             for _ in range(repeat):
-                t0 = time.perf_counter()
+                # the same N tasks with no dependent: what ending them costs without edges
+                wall0 = time.time()
+                keep.append(inc.map(range(n)))
+                plain = c.wait([f.id for f in keep[-1]], timeout=3600)
+                plain_end = max(r.finished_at for r in plain) - wall0
+                t0, wall0 = time.perf_counter(), time.time()
                 fs = inc.map(range(n))
                 t1 = time.perf_counter()
                 root = total.submit(*fs)
@@ -54,9 +64,16 @@ def run_shoal(n: int, repeat: int) -> tuple[float, float]:
                 got = root.result(timeout=3600)
                 took = time.perf_counter() - t0
                 assert got == n * (n + 1) // 2, got
+                ends = c.wait([f.id for f in fs] + [root.id], timeout=600)
+                last_inc = max(r.finished_at for r in ends[:-1])
                 print(f"  shoal: {n} inc + total(*{n} futures) in {took:.2f}s "
-                      f"(submitting total: {t2 - t1:.2f}s)", flush=True)
+                      f"(submitting total: {t2 - t1:.2f}s; last inc ended at {last_inc - wall0:.2f}s, "
+                      f"total started {ends[-1].started_at - last_inc:.2f}s later and ran "
+                      f"{ends[-1].finished_at - ends[-1].started_at:.2f}s)", flush=True)
+                print(f"  shoal: the same {n} inc with no dependent ended at {plain_end:.2f}s: a dependent "
+                      f"costs {(last_inc - wall0 - plain_end) / n * 1000:.2f} ms a task", flush=True)
                 best, record = min(best, took), min(record, t2 - t1)
+                keep += [fs, root]
     finally:
         cluster.destroy()
     return best, record

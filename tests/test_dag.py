@@ -3,6 +3,7 @@ transaction as the success, upstream failure cascades, cancel, allow_failed_deps
 10,000-way fan-in and fan-out, and crashes between the chunks that record or cascade."""
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import replace
 
@@ -159,6 +160,15 @@ def test_consuming_edges_folds_each_one_in_order():
     assert dag.settle(r, Move(s.queued), now).state == s.queued
     failed = dag.settle(r, moves["two"], now)
     assert (failed.state, failed.finished_at, failed.reason) == (s.upstream_failed, now, "dependency bad ended failed")
+
+
+def test_ends_with_dependents_are_packed_into_as_few_transactions_as_fit():
+    assert dag.pack([1, 1, 1]) == [[0, 1, 2]]
+    assert dag.pack([1] * 10, most=8) == [list(range(8)), [8, 9]]
+    assert dag.pack([10, 6, 1]) == [[0, 1], [2]]                   # 16 edges, then the budget is spent
+    # too many edges to consume inline: a marker, which takes no budget
+    assert dag.pack([dag.INLINE_EDGES + 1, dag.INLINE_EDGES, 1]) == [[0, 1], [2]]
+    assert dag.pack([]) == []
 
 
 async def end_many(store: Store, ids: list[str], code: int = 0, batch: int = 100) -> int:
@@ -329,3 +339,43 @@ def test_dag_across_three_nodes_survives_a_node_kill(make_cluster):
         for j, t in enumerate(layers[i]):
             deps = [by_id[layers[i - 1][j]], by_id[layers[i - 1][(j + 1) % 20]]]
             assert by_id[t].started_at >= max(d.last.finished_at for d in deps) - 0.01
+
+
+async def test_one_step_ending_many_tasks_with_shared_dependents_moves_each_once(store):
+    deps = await submit_plain(store, 12)
+    [every] = await store.tasks.submit([rec(depends_on=deps)])
+    [half] = await store.tasks.submit([rec(depends_on=deps[:6])])
+    [never] = await store.tasks.submit([rec()])
+    [later] = await store.tasks.submit([rec(depends_on=[deps[0], never.id])])
+    rev = await end_many(store, deps, batch=12)                # all twelve end in one step
+    got = await store.tasks.get_many([every.id, half.id, later.id])
+    assert got[every.id][0].state == TaskState.queued and got[every.id][1] == rev   # with the last of them
+    assert got[half.id][0].state == TaskState.queued
+    assert got[later.id][0].state == TaskState.waiting
+    [counter], _, _ = await store.kv.range(store.keys.waits(later.id))
+    assert Wait.from_dict(json.loads(counter.value)).left == 1    # `never` still to end
+    assert await queued_ids(store) == {every.id, half.id, never.id}
+    # every edge was consumed, each exactly once (a second count would have queued `later`)
+    for t in deps:
+        kvs, _, _ = await store.kv.get_prefix(store.keys.edges_of(t))
+        assert {kv.value for kv in kvs} == {b"c"}
+    assert await store.dag.pending() == []
+
+
+async def test_a_counter_another_node_changed_is_read_again_not_trusted(store, etcd):
+    """Node 1 remembers a waiting task's counter from its own commit; node 2 then counts
+    off another dependency. Node 1's next end must see that, or the last success would
+    leave the task waiting forever."""
+    other = Store([etcd.url], prefix=store.keys.prefix, retry_for_s=10)
+    await other.connect(wait_s=5)
+    try:
+        a1, a2, a3 = await submit_plain(store, 3)
+        [d] = await store.tasks.submit([rec(depends_on=[a1, a2, a3])])
+        await run_to_end(store, a1, 0)          # node 1: 2 left, and it remembers that
+        await run_to_end(other, a2, 0)          # node 2: 1 left
+        rev = await run_to_end(store, a3, 0)    # node 1 again: the last one
+        got, got_rev = await store.tasks.get_task(d.id)
+        assert got.state == TaskState.queued and got_rev == rev
+        assert await queued_ids(store) == {d.id}
+    finally:
+        await other.close()

@@ -132,6 +132,24 @@ def inline(edges: int, budget: int = INLINE_EDGES) -> bool:
     return edges <= budget
 
 
+def pack(edge_counts: list[int], budget: int = INLINE_EDGES, most: int = 8) -> list[list[int]]:
+    """Group the ends of tasks with dependents (their edge counts, in order) into as few
+    transactions as fit: at most `most` ends, and at most `budget` edges consumed inline,
+    a group. A task with more edges than the budget goes through a marker, which costs a
+    group no edges. Returns the groups as indices into `edge_counts`."""
+    groups: list[list[int]] = []
+    group: list[int] = []
+    used = 0
+    for i, n in enumerate(edge_counts):
+        cost = n if inline(n, budget) else 0
+        if group and (len(group) >= most or used + cost > budget):
+            groups.append(group)
+            group, used = [], 0
+        group.append(i)
+        used += cost
+    return groups + [group] if group else groups
+
+
 def find_cycle(edges: dict[str, list[str]]) -> list[str] | None:
     """A cycle in `node -> its dependencies`, as the nodes along it (first repeated at
     the end), or None. Iterative, so a long chain cannot hit the recursion limit."""

@@ -71,6 +71,12 @@ def get_op(key: bytes):
     return rpc.RequestOp(request_range=rpc.RangeRequest(key=key))
 
 
+def prefix_op(prefix: bytes, limit: int = 0):
+    """Read the keys under `prefix` (at most `limit`; the reply says if there were more)
+    inside a transaction, so several ranges cost one round trip."""
+    return rpc.RequestOp(request_range=rpc.RangeRequest(key=prefix, range_end=prefix_end(prefix), limit=limit))
+
+
 def sub_txn(compare, success, failure=()):
     """A nested transaction: its own compares, so one lost race does not undo the rest."""
     return rpc.RequestOp(request_txn=rpc.TxnRequest(compare=compare, success=success, failure=list(failure)))

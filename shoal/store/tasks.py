@@ -16,7 +16,7 @@ from ..logic.clock import SYSTEM_CLOCK, Clock
 from ..model import EndedBy, TaskRecord, TaskState
 from ..model.task import DEFAULT_NODE_LOSS_RETRIES
 from ..model.keys import Keys
-from .dag import DagStore, created_since
+from .dag import DagStore, Edges, created_since
 from .kv import KV, Etcd, cmp, delete_op, get_op, prefix_end, put_op, sub_txn
 from .nodes import NodeStore
 from .records import MAX_REQUEST_BYTES, MAX_VALUE_BYTES, decode, encode, put_record_ops, read_records
@@ -213,9 +213,11 @@ class TaskStore:
         for c in completions:
             rec = c.record
             compares, success = self._completion(node_id, c, retention)
+            failure = [get_op(k.task(rec.id)), get_op(k.running(node_id, rec.id))]
             if rec.is_final:
                 compares.append(created_since(k.edges_of(rec.id), 0))   # nothing depends on it
-            ops.append(sub_txn(compares, success, [get_op(k.task(rec.id)), get_op(k.running(node_id, rec.id))]))
+                failure.append(self.dag.edges_op(rec.id))                # else: what does
+            ops.append(sub_txn(compares, success, failure))
         for c in claims:
             ops.append(sub_txn(
                 [cmp(c.queue_key, "MOD", c.queued_rev), cmp(k.task(c.task_id), "MOD", c.queued_rev)],
@@ -226,7 +228,7 @@ class TaskStore:
             return result
         resp = await self.kv.txn([], ops)
         result.revision = resp.header.revision
-        with_dependents = []
+        with_dependents: dict[int, Edges] = {}
         for c, r in zip(completions, resp.responses[:len(completions)]):
             ok = r.response_txn.succeeded
             result.completed.append(ok)
@@ -237,17 +239,22 @@ class TaskStore:
             run_kvs = r.response_txn.responses[1].response_range.kvs
             if run_kvs and run_kvs[0].create_revision == c.attempt_rev and task_kvs:
                 if task_kvs[0].mod_revision == c.read_rev:
-                    with_dependents.append(len(result.completed) - 1)   # only the edges compare failed
+                    # only the edges compare failed: the failure branch read them
+                    with_dependents[len(result.completed) - 1] = self.dag.edges_of(
+                        r.response_txn.responses[2], resp.header.revision)
                 else:
                     # the task record moved (a cancel request): recompute from what is there now
                     result.current[c.record.id] = (decode(task_kvs[0].value), task_kvs[0].mod_revision)
             else:
                 result.current[c.record.id] = (None, 0)  # fenced: the attempt is stale
         result.claimed = [r.response_txn.succeeded for r in resp.responses[len(completions):]]
-        # several at once: a wide fan-in ends many tasks with the same dependent
-        for at in range(0, len(with_dependents), ENDS_PER_CASCADE):
-            await self._complete_with_dependents(node_id, completions, with_dependents[at:at + ENDS_PER_CASCADE],
-                                                 retention, result)
+        # as few transactions as fit: a wide fan-in ends many tasks with the same dependent
+        todo = list(with_dependents)
+        counts = [dag.INLINE_EDGES + 1 if e.more else len(e.kvs) for e in with_dependents.values()]
+        for group in dag.pack(counts, most=ENDS_PER_CASCADE):
+            await self._complete_with_dependents(
+                node_id, completions, [todo[i] for i in group], retention, result,
+                {completions[todo[i]].record.id: with_dependents[todo[i]] for i in group})
         return result
 
     def _completion(self, node_id: str, c: Completion, retention: int) -> tuple[list, list]:
@@ -260,11 +267,12 @@ class TaskStore:
         return compares, success
 
     async def _complete_with_dependents(self, node_id: str, completions: list[Completion], todo: list[int],
-                                        retention: int, result: StepResult) -> None:
+                                        retention: int, result: StepResult, edges: dict[str, Edges]) -> None:
         """Commit the ends of tasks that others depend on, in one transaction that moves
         their dependents too (or leaves a marker for many); record the outcomes in
-        `result`. One whose record moved or whose attempt was fenced is reported as such;
-        when a dependent moved meanwhile, the rest are tried again."""
+        `result`. `edges`: theirs, as the step read them. One whose record moved or whose
+        attempt was fenced is reported as such; when a dependent moved meanwhile, the rest
+        are tried again with what the failed transaction read."""
         k = self.keys
         for _ in range(20):
             if not todo:
@@ -276,13 +284,16 @@ class TaskStore:
                 compares += more[0]
                 success += more[1]
                 failure += [get_op(k.task(c.record.id)), get_op(k.running(node_id, c.record.id))]
-            more_cmp, more_ops, _ = await self.dag.cascade(*(completions[i].record for i in todo))
-            resp = await self.kv.txn(compares + more_cmp, success + more_ops, failure)
+            cascade = await self.dag.plan(*(completions[i].record for i in todo), edges=edges, cached=True)
+            resp = await self.kv.txn(compares + cascade.compares, success + cascade.ops,
+                                     failure + self.dag.probe(cascade))
             if resp.succeeded:
+                self.dag.committed(cascade, resp.header.revision)
                 for i in todo:
                     result.completed[i] = True
                     result.completed_rev[completions[i].record.id] = resp.header.revision
                 return
+            edges = self.dag.refresh(cascade, resp.responses[2 * len(todo):], resp.header.revision)
             still = []
             for n, i in enumerate(todo):
                 c = completions[i]
