@@ -67,6 +67,19 @@ async def test_resubmitting_an_id_does_not_reset_a_claimed_task(store):
     assert kvs == []
 
 
+async def test_an_id_resent_with_another_spec_is_a_conflict_unless_the_existing_task_is_kept(store):
+    recs = records(1)
+    await store.tasks.submit(recs)
+    other = recs[0].model_copy(update={"spec": recs[0].spec.model_copy(update={"name": "other"})})
+    with pytest.raises(Conflict, match=recs[0].id):
+        await store.tasks.submit([other])
+    # a flow driver taking over submits what is missing under ids it chose: what is there stays
+    kept = await store.tasks.submit([other], keep_existing=True)
+    assert kept[0].spec == recs[0].spec
+    got, _ = await store.tasks.get_task(recs[0].id)
+    assert got.spec == recs[0].spec
+
+
 async def test_two_nodes_racing_claim_each_task_once(store):
     recs = records(20)
     await store.tasks.submit(recs)

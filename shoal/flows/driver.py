@@ -204,7 +204,8 @@ class FlowDriver:
         specs = self._instance_specs(attempt, cpus)
         now = self.clock.time()
         await self.store.tasks.submit([TaskRecord(id=tid, spec=specs[(stage, i)], submitted_at=now)
-                                 for stage, ids in tasks.items() for i, tid in enumerate(ids)])
+                                       for stage, ids in tasks.items() for i, tid in enumerate(ids)],
+                                      keep_existing=True)
         self.follower = asyncio.create_task(self._follow(attempt, tasks), name=f"follow {self.run}/{attempt}")
         self.follower.add_done_callback(self._crashed)
 

@@ -74,11 +74,13 @@ class TaskStore:
                 f"(keep it under {MAX_VALUE_BYTES // 2:,}). Put large env values or inputs in a file.")
         return value
 
-    async def submit(self, records: list[TaskRecord]) -> list[TaskRecord]:
+    async def submit(self, records: list[TaskRecord], keep_existing: bool = False) -> list[TaskRecord]:
         """Write new tasks; return them as written. Each is put only if its id is new, so
         a retried submit cannot reset a task a node already claimed: an id that exists
         with the same spec answers with the task that is there (the retry of a request
-        that had landed), with another spec it is a Conflict. A task with dependencies
+        that had landed), with another spec it is a Conflict, unless `keep_existing`
+        (a flow driver taking over submits what is missing of ids it chose itself, with
+        specs that name the new driver: what is there stays). A task with dependencies
         goes in through submit_dependent, in order, after the ones before it."""
         if any(r.spec.depends_on for r in records):
             # all or none: every dependency outside the batch must exist before any is written
@@ -103,7 +105,9 @@ class TaskStore:
                     resp = await self.kv.txn([], ops)
                     for r, sub in zip(batch, resp.responses):
                         if not sub.response_txn.succeeded:  # the id exists: what is there answers
-                            written[r.id] = self._same_task(r, sub.response_txn.responses[0].response_range.kvs)
+                            kvs = sub.response_txn.responses[0].response_range.kvs
+                            written[r.id] = (decode(kvs[0].value) if keep_existing and kvs
+                                             else self._same_task(r, kvs))
                 batch, ops, size = [], [], 0
             if record is None:
                 break
